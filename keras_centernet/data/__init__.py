@@ -1,0 +1,1 @@
+"""data of keras_centernet."""

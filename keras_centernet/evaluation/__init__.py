@@ -1,0 +1,1 @@
+"""evaluation of keras_centernet."""

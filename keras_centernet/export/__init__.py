@@ -1,0 +1,1 @@
+"""export of keras_centernet."""

@@ -1,0 +1,1 @@
+"""losses of keras_centernet."""

@@ -1,0 +1,4 @@
+from keras_centernet.models.centernet import CenterNet
+from keras_centernet.models.presets import list_presets
+
+__all__ = ["CenterNet", "list_presets"]

@@ -1,0 +1,1 @@
+"""targets of keras_centernet."""
