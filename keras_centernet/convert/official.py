@@ -1,8 +1,9 @@
 """Loads checkpoints of the official PyTorch CenterNet (xingyizhou/CenterNet).
 
 Every layer of our networks that holds weights is named by the official
-module path (`layer1.0.conv1`, `base.level2.tree1.conv1`,
-`dla_up.ida_0.proj_1.conv`, `kps.0.up1.0.conv1`, ...), so an official
+module path with `-` for `.` (`layer1-0-conv1`, `base-level2-tree1-conv1`,
+`dla_up-ida_0-proj_1-conv`, `kps-0-up1-0-conv1`, ...: PyTorch's
+`ParameterDict`, which the torch backend uses, rejects dots), so an official
 state_dict entry `<module path>.<leaf>` finds its layer by name and the leaf
 says which weight it is. Only the heads are renamed (the official `hm`, `wh`,
 `reg` are our `heatmap`, `size`, `offset`).
@@ -22,6 +23,11 @@ FIRST_CONVOLUTIONS = ("conv1.weight", "base.base_layer.0.weight", "pre.0.conv.we
 
 # Entries of official checkpoints that no network uses (DLA's ImageNet classifier).
 UNUSED_ENTRIES = ("base.fc.weight", "base.fc.bias")
+
+
+def official_name(path):
+    """Our layer name for an official module path: `layer1.0.conv1` -> `layer1-0-conv1`."""
+    return path.replace(".", "-")
 
 
 def _to_numpy(value):
@@ -95,16 +101,17 @@ def _layers_by_name(model):
 def _head_layer_name(parts, num_stacks):
     """Official head path -> (our layer name, sub-layer, leaf), or None."""
     head = HEAD_NAMES.get(parts[0], parts[0])
-    if num_stacks == 1 and len(parts) == 3 and parts[1] in ("0", "2"):
+    if len(parts) == 3 and parts[1] in ("0", "2"):
         # ResNet/DLA: `hm.0` is the 3x3 conv, `hm.2` the 1x1 output conv.
         return head, "hidden" if parts[1] == "0" else "output", parts[2]
-    if num_stacks > 1 and len(parts) >= 4:
+    if len(parts) >= 4:
         # Hourglass: `hm.<stack>.0.conv` is the 3x3 conv, `hm.<stack>.1` the output conv.
         stack, index = parts[1], parts[2]
+        name = head if num_stacks == 1 else f"{head}_{stack}"
         if index == "0" and parts[3] == "conv" and len(parts) == 5:
-            return f"{head}_{stack}", "hidden", parts[4]
+            return name, "hidden", parts[4]
         if index == "1" and len(parts) == 4:
-            return f"{head}_{stack}", "output", parts[3]
+            return name, "output", parts[3]
     return None
 
 
@@ -120,7 +127,7 @@ def _resolve(key, layers, heads, num_stacks):
         head = layers[name]
         return getattr(head, "hidden" if sub == "hidden" else "output_conv"), leaf
     for cut in range(len(parts) - 1, 0, -1):
-        prefix = ".".join(parts[:cut])
+        prefix = official_name(".".join(parts[:cut]))
         if prefix in layers:
             return layers[prefix], ".".join(parts[cut:])
     raise KeyError(f"No layer of the model is named after entry {key!r}.")
