@@ -1,7 +1,19 @@
 """Keras layers of CenterNet."""
 
+from keras_centernet.layers.decoder import CenterNetDecoder
+from keras_centernet.layers.decoder import decode_detections
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
 from keras_centernet.layers.prediction_head import PredictionHead
 from keras_centernet.layers.preprocessing import ImageNormalization
+from keras_centernet.layers.soft_nms import SoftNMS
+from keras_centernet.layers.soft_nms import soft_nms
 
-__all__ = ["DeformableConv2D", "ImageNormalization", "PredictionHead"]
+__all__ = [
+    "CenterNetDecoder",
+    "DeformableConv2D",
+    "ImageNormalization",
+    "PredictionHead",
+    "SoftNMS",
+    "decode_detections",
+    "soft_nms",
+]

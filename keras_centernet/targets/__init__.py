@@ -1,1 +1,7 @@
-"""targets of keras_centernet."""
+"""Training targets of CenterNet, rendered inside the training step (`keras.ops`)."""
+
+from keras_centernet.targets.gaussian import gaussian_radius
+from keras_centernet.targets.gaussian import ttfnet_radii
+from keras_centernet.targets.render import render_targets
+
+__all__ = ["gaussian_radius", "render_targets", "ttfnet_radii"]

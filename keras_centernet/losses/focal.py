@@ -1,0 +1,53 @@
+"""The penalty-reduced pixel-wise focal loss of CenterNet (CornerNet's variant of the focal loss)."""
+
+from keras import ops
+
+# The official `_sigmoid` clamps probabilities so that log() stays finite.
+PROBABILITY_CLAMP = 1e-4
+
+
+def clamped_sigmoid(logits):
+    """`sigmoid(logits)` clamped to `[1e-4, 1 - 1e-4]`, as the official `_sigmoid`."""
+    return ops.clip(ops.sigmoid(logits), PROBABILITY_CLAMP, 1.0 - PROBABILITY_CLAMP)
+
+
+def focal_loss(heatmap_true, heatmap_logits, alpha=2.0, beta=4.0):
+    """Penalty-reduced focal loss over a batch of heatmaps (the official `_neg_loss`).
+
+    With `p = clamp(sigmoid(logits))` and `y` the Gaussian target:
+    `-(1 - p)^alpha log(p)` at the peaks (`y == 1`) and
+    `-(1 - y)^beta p^alpha log(1 - p)` elsewhere, summed over the whole
+    batch and divided by the number of peaks (the number of objects); with
+    no object in the batch, the sum of the negative part alone.
+
+    Args:
+        heatmap_true: float tensor `(B, H, W, C)`. Targets in `[0, 1]`, 1 at
+            object centres.
+        heatmap_logits: float tensor `(B, H, W, C)`. The heatmap head's
+            output (before the sigmoid).
+        alpha: float. Defaults to 2.
+        beta: float. Defaults to 4.
+
+    Returns:
+        Scalar float32 tensor.
+
+    Example:
+
+    >>> y = np.zeros((1, 4, 4, 1), "float32"); y[0, 1, 2, 0] = 1
+    >>> float(focal_loss(y, np.zeros_like(y)))  # p = 0.5 everywhere
+    """
+    heatmap_true = ops.cast(heatmap_true, "float32")
+    probabilities = clamped_sigmoid(ops.cast(heatmap_logits, "float32"))
+    positives = ops.cast(ops.equal(heatmap_true, 1.0), "float32")
+    negatives = 1.0 - positives
+    positive_loss = ops.log(probabilities) * ops.power(1.0 - probabilities, alpha) * positives
+    negative_loss = (
+        ops.log(1.0 - probabilities)
+        * ops.power(probabilities, alpha)
+        * ops.power(1.0 - heatmap_true, beta)
+        * negatives
+    )
+    num_positives = ops.sum(positives)
+    # With no positive, the positive sum is 0 and the official loss is the
+    # negative sum alone: dividing by max(1, n) covers both branches.
+    return -(ops.sum(positive_loss) + ops.sum(negative_loss)) / ops.maximum(num_positives, 1.0)
