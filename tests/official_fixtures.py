@@ -119,3 +119,25 @@ def assert_maps_close(actual, expected, name, tolerance=1e-4):
     assert error <= tolerance * value_range, (
         f"{name}: max abs error {error:.3g} > {tolerance} x range {value_range:.3g}"
     )
+
+
+def assert_same_detections(ours, official, score_tolerance=1e-4, box_tolerance=1e-3):
+    """Sets of detections matched by class and box; near-tied scores may swap rank.
+
+    `ours`: dict boxes (K, 4), scores (K,), labels (K,); `official`: (K, 6)
+    rows `x1, y1, x2, y2, score, class`.
+    """
+    np.testing.assert_allclose(np.sort(ours["scores"]), np.sort(official[:, 4]), atol=score_tolerance)
+    unmatched = list(range(len(official)))
+    for box, score, label in zip(ours["boxes"], ours["scores"], ours["labels"]):
+        for position, row in enumerate(unmatched):
+            candidate = official[row]
+            if (
+                int(candidate[5]) == int(label)
+                and abs(candidate[4] - score) <= score_tolerance
+                and np.max(np.abs(candidate[:4] - box)) <= box_tolerance
+            ):
+                del unmatched[position]
+                break
+        else:
+            raise AssertionError(f"Detection {label} {score} {box} has no official match.")

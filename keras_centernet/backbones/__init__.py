@@ -1,2 +1,6 @@
-"""backbones of keras_centernet."""
+"""Backbones of CenterNet: feature pyramids (ResNet, DLA) and stacked hourglasses."""
+
 from keras_centernet.backbones.hourglass import HourglassBackbone
+from keras_centernet.backbones.resnet import ResNetBackbone
+
+__all__ = ["HourglassBackbone", "ResNetBackbone"]

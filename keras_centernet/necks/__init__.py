@@ -1,1 +1,5 @@
-"""necks of keras_centernet."""
+"""Necks of CenterNet: from a feature pyramid to one stride-4 map."""
+
+from keras_centernet.necks.upconv import UpConvNeck
+
+__all__ = ["UpConvNeck"]

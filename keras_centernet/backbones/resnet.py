@@ -1,0 +1,175 @@
+"""ResNet backbones of CenterNet (official `resnet_dcn.py` and `msra_resnet.py`), channels-last.
+
+Layers are named by the official module paths (`conv1`, `layer1-0-conv1`,
+`layer2-0-downsample-0`, ...; `-` for `.`), so official checkpoints load by
+name with `keras_centernet.convert`.
+"""
+
+import keras
+
+from keras_centernet.convert.official import official_name
+from keras_centernet.necks.upconv import UpConvNeck
+
+# PyTorch BatchNorm2d: eps 1e-5; momentum 0.1 there is 0.9 here.
+_BN_EPSILON = 1e-5
+_BN_MOMENTUM = 0.9
+
+# depth -> (block, blocks per stage), as the official `resnet_spec`.
+RESNET_SPECS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+@keras.saving.register_keras_serializable(package="keras_centernet")
+class ResNetBackbone(keras.Model):
+    """ResNet-18/34/50/101/152 returning its feature pyramid (strides 4, 8, 16, 32).
+
+    The official CenterNet ResNet (torchvision's v1: the stride of a
+    bottleneck on its 3x3 conv, a 1x1 strided projection): a 7x7/2 stem,
+    a 3x3/2 max pool, four stages of 64, 128, 256 and 512 planes.
+    Convolutions with stride 2 pad symmetrically as PyTorch does.
+
+    Args:
+        depth: int. 18, 34, 50, 101 or 152. Defaults to 18.
+        dtype: dtype policy of the layers. Defaults to the global policy.
+
+    Example:
+
+    >>> backbone = ResNetBackbone(depth=18)
+    >>> [tuple(f.shape) for f in backbone(np.zeros((1, 64, 64, 3), "float32"))]
+    [(1, 16, 16, 64), (1, 8, 8, 128), (1, 4, 4, 256), (1, 2, 2, 512)]
+
+    Reference:
+        He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
+    """
+
+    def __init__(self, depth=18, dtype=None, **kwargs):
+        if depth not in RESNET_SPECS:
+            raise ValueError(f"`depth` must be one of {sorted(RESNET_SPECS)}; received {depth!r}.")
+        block, blocks = RESNET_SPECS[depth]
+        self._layer_dtype = dtype
+
+        # === Functional Model ===
+        images = keras.Input((None, None, 3), name="images")
+        x = self._conv(images, 64, 7, 2, "conv1")
+        x = self._batch_norm(x, "bn1")
+        x = self._relu(x, "relu")
+        # MaxPool2d(3, 2, padding=1) pads with -inf; after a ReLU every value
+        # is >= 0, so zero padding gives the same maxima.
+        x = keras.layers.ZeroPadding2D(1, dtype=dtype, name="maxpool-pad")(x)
+        x = keras.layers.MaxPooling2D(3, 2, dtype=dtype, name="maxpool")(x)
+        features = []
+        channels_in = 64
+        for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+            for index in range(count):
+                stride = 2 if stage > 0 and index == 0 else 1
+                name = f"layer{stage + 1}.{index}"
+                if block == "basic":
+                    x = self._basic_block(x, channels_in, planes, stride, name)
+                    channels_in = planes
+                else:
+                    x = self._bottleneck(x, channels_in, planes, stride, name)
+                    channels_in = planes * 4
+            features.append(x)
+        super().__init__(inputs=images, outputs=features, **kwargs)
+
+        # === Config ===
+        # A functional model does not take `dtype`; keep it for `get_config`.
+        if dtype is not None:
+            self.dtype_policy = keras.dtype_policies.get(dtype)
+        self.depth = depth
+
+    def _conv(self, x, filters, kernel_size, strides, name):
+        padding = kernel_size // 2
+        if padding:
+            x = keras.layers.ZeroPadding2D(
+                padding, dtype=self._layer_dtype, name=official_name(f"{name}.pad")
+            )(x)
+        return keras.layers.Conv2D(
+            filters, kernel_size, strides=strides, use_bias=False,
+            dtype=self._layer_dtype, name=official_name(name),
+        )(x)
+
+    def _batch_norm(self, x, name):
+        return keras.layers.BatchNormalization(
+            epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, dtype=self._layer_dtype,
+            name=official_name(name),
+        )(x)
+
+    def _relu(self, x, name):
+        return keras.layers.ReLU(dtype=self._layer_dtype, name=official_name(name))(x)
+
+    def _shortcut(self, x, channels_in, channels_out, stride, name):
+        if stride == 1 and channels_in == channels_out:
+            return x
+        x = self._conv(x, channels_out, 1, stride, f"{name}.downsample.0")
+        return self._batch_norm(x, f"{name}.downsample.1")
+
+    def _basic_block(self, x, channels_in, planes, stride, name):
+        shortcut = self._shortcut(x, channels_in, planes, stride, name)
+        y = self._conv(x, planes, 3, stride, f"{name}.conv1")
+        y = self._relu(self._batch_norm(y, f"{name}.bn1"), f"{name}.relu1")
+        y = self._batch_norm(self._conv(y, planes, 3, 1, f"{name}.conv2"), f"{name}.bn2")
+        y = keras.layers.Add(dtype=self._layer_dtype, name=official_name(f"{name}.add"))([y, shortcut])
+        return self._relu(y, f"{name}.relu")
+
+    def _bottleneck(self, x, channels_in, planes, stride, name):
+        shortcut = self._shortcut(x, channels_in, planes * 4, stride, name)
+        y = self._relu(self._batch_norm(self._conv(x, planes, 1, 1, f"{name}.conv1"), f"{name}.bn1"),
+                       f"{name}.relu1")
+        y = self._relu(self._batch_norm(self._conv(y, planes, 3, stride, f"{name}.conv2"), f"{name}.bn2"),
+                       f"{name}.relu2")
+        y = self._batch_norm(self._conv(y, planes * 4, 1, 1, f"{name}.conv3"), f"{name}.bn3")
+        y = keras.layers.Add(dtype=self._layer_dtype, name=official_name(f"{name}.add"))([y, shortcut])
+        return self._relu(y, f"{name}.relu")
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "depth": self.depth,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+
+def _preset(depth, use_dcn, filters, description):
+    return {
+        "backbone": lambda: ResNetBackbone(depth=depth),
+        "neck": lambda: UpConvNeck(filters=filters, use_dcn=use_dcn),
+        "head_channels": 64,
+        "size_divisor": 32,
+        "description": description,
+    }
+
+
+PRESETS = {
+    "resnet18": _preset(
+        18, False, (256, 256, 256),
+        "ResNet-18 with three plain up-convolutions (official `msra_resnet.py`, `res_18`).",
+    ),
+    "resnet18_dcn": _preset(
+        18, True, (256, 128, 64),
+        "ResNet-18 with DCN up-convolutions (official `resnet_dcn.py`); 28.1 COCO AP in the paper.",
+    ),
+    "resnet34_dcn": _preset(
+        34, True, (256, 128, 64), "ResNet-34 with DCN up-convolutions (official `resnet_dcn.py`)."
+    ),
+    "resnet50_dcn": _preset(
+        50, True, (256, 128, 64), "ResNet-50 with DCN up-convolutions (official `resnet_dcn.py`)."
+    ),
+    "resnet101_dcn": _preset(
+        101, True, (256, 128, 64),
+        "ResNet-101 with DCN up-convolutions (official `resnet_dcn.py`); 34.6 COCO AP in the paper.",
+    ),
+}
