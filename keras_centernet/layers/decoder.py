@@ -34,6 +34,10 @@ def decode_detections(
 
     >>> raw = model(images)
     >>> detections = decode_detections(raw["heatmap"], raw["size"], raw["offset"])
+
+    Reference:
+        Zhou et al., "Objects as Points", 2019, section 4; the official
+        `ctdet_decode` in `src/lib/models/decode.py`.
     """
     heatmap = ops.cast(heatmap, "float32")
     heat = heatmap if heatmap_is_probability else ops.sigmoid(heatmap)
@@ -76,7 +80,21 @@ def apply_score_threshold(detections, score_threshold):
 
     Detections are sorted by score: the first `num_detections` are kept;
     the others get box 0, score 0 and label -1 (the padding convention of
-    `keras.visualization` and of the training targets).
+    `keras.visualization` and of the training targets). Shapes stay fixed.
+
+    Args:
+        detections: dict `boxes` `(B, K, 4)`, `scores` `(B, K)` (descending),
+            `labels` `(B, K)`, as `decode_detections` returns.
+        score_threshold: float. Scores at most this are blanked. 0.0 keeps
+            all `K` (the official evaluation takes the top 100 unfiltered).
+
+    Returns:
+        dict: `boxes`, `scores`, `labels` as given but blanked below the
+        threshold, and `num_detections` int32 `(B,)`.
+
+    Example:
+
+    >>> detections = apply_score_threshold(decode_detections(heat, size, offset), 0.3)
     """
     scores = detections["scores"]
     keep = scores > score_threshold

@@ -28,7 +28,11 @@ def reg_l1_loss(prediction_map, indices, mask, target):
 
     Example:
 
+    >>> targets = render_targets(boxes / 4, labels, (128, 128), num_classes=80)
     >>> loss = reg_l1_loss(raw["size"], targets["indices"], targets["mask"], targets["size"])
+
+    Reference:
+        Zhou et al., "Objects as Points", 2019, equations (2) and (3).
     """
     prediction = ops.cast(gather_at_indices(prediction_map, indices), "float32")
     target = ops.cast(target, "float32")

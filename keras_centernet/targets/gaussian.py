@@ -27,7 +27,14 @@ def gaussian_radius(height, width, min_overlap=0.7, method="official"):
 
     Returns:
         float tensor: the radius before truncation; the official rule then
-        takes `max(0, int(r))`.
+        takes `max(0, int(r))`. Computed in the inputs' float dtype (float32
+        in training: JAX has no float64 by default); its integer part equals
+        the official float64 one for every integer size up to 128 x 128
+        (all boxes of a 512-pixel input).
+
+    Reference:
+        Law and Deng, "CornerNet: Detecting Objects as Paired Keypoints",
+        ECCV 2018, and its fix in princeton-vl/CornerNet e5c39a3.
 
     Example:
 
@@ -64,12 +71,23 @@ def gaussian_radius(height, width, min_overlap=0.7, method="official"):
 def ttfnet_radii(height, width, alpha=TTFNET_ALPHA):
     """TTFNet's elliptical radii `(h_radius, w_radius)` = `int(size / 2 * alpha)`, as ints.
 
+    The Gaussian of a box then has `sigma_y = (2 h_radius + 1) / 6` and
+    `sigma_x = (2 w_radius + 1) / 6`, in a `(2 h_radius + 1) x (2 w_radius + 1)`
+    window.
+
     Args:
-        height, width: float tensors. Box sizes (not rounded up).
-        alpha: float. Defaults to 0.54 (every TTFNet config).
+        height: float tensor. Box heights (not rounded up), output-map pixels.
+        width: float tensor, broadcastable with `height`. Box widths.
+        alpha: float. Fraction of the half-size covered. Defaults to 0.54
+            (every TTFNet config).
 
     Returns:
-        `(h_radius, w_radius)`, int32 tensors.
+        `(h_radius, w_radius)`, int32 tensors (float32 arithmetic, as TTFNet's
+        torch code).
+
+    Reference:
+        Liu et al., "Training-Time-Friendly Network for Real-Time Object
+        Detection", AAAI 2020.
 
     Example:
 

@@ -68,3 +68,45 @@ class TestCenterNetDecoder(TestCase):
         self.run_serialization_test(CenterNetDecoder(max_detections=7, score_threshold=0.2, stride=8))
         with pytest.raises(ValueError, match="max_detections"):
             CenterNetDecoder(max_detections=0)
+
+
+@pytest.mark.multi_backend
+def test_top_k_over_classes_and_border_peaks():
+    # Class 0 has three peaks above class 1's only peak: K = 2 keeps two of class 0.
+    # Peaks on the border and in a corner count (the pool pads with -inf, as torch).
+    logits = np.full((1, 5, 5, 2), -8.0, "float32")
+    logits[0, 0, 0, 0], logits[0, 4, 2, 0], logits[0, 2, 4, 0] = 4.0, 3.0, 2.0
+    logits[0, 2, 2, 1] = 1.0
+    maps = (logits, np.zeros((1, 5, 5, 2), "float32"), np.zeros((1, 5, 5, 2), "float32"))
+    detections = to_numpy(decode_detections(*maps, max_detections=2, stride=1))
+    np.testing.assert_array_equal(detections["labels"][0], [0, 0])
+    np.testing.assert_allclose(detections["boxes"][0], [[0, 0, 0, 0], [2, 4, 2, 4]])
+    detections = to_numpy(decode_detections(*maps, max_detections=4, stride=1))
+    np.testing.assert_array_equal(detections["labels"][0], [0, 0, 0, 1])
+    np.testing.assert_allclose(detections["boxes"][0, 2:], [[4, 2, 4, 2], [2, 2, 2, 2]])
+
+
+class TestCenterNetDecoderInModels(TestCase):
+    @pytest.mark.multi_backend
+    def test_compiled_functional_model(self):
+        """Symbolic shapes, then `predict` (compiled: XLA on TensorFlow and JAX)."""
+        import keras
+
+        inputs = {
+            name: keras.Input((6, 6, channels), name=name)
+            for name, channels in (("heatmap", 2), ("size", 2), ("offset", 2))
+        }
+        outputs = CenterNetDecoder(max_detections=3)(inputs)
+        assert tuple(outputs["boxes"].shape) == (None, 3, 4)
+        assert tuple(outputs["num_detections"].shape) == (None,)
+        model = keras.Model(inputs, outputs)
+        logits = np.full((2, 6, 6, 2), -300.0, "float32")  # sigmoid underflows to 0: not counted
+        logits[0, 2, 3, 1] = 1.5
+        size = np.zeros((2, 6, 6, 2), "float32")
+        size[0, 2, 3] = [2.0, 1.0]
+        offset = np.full((2, 6, 6, 2), 0.5, "float32")
+        detections = model.predict({"heatmap": logits, "size": size, "offset": offset}, verbose=0)
+        np.testing.assert_array_equal(detections["num_detections"], [1, 0])
+        np.testing.assert_array_equal(detections["labels"][:, 0], [1, -1])
+        # Centre (3.5, 2.5), size (2, 1), stride 4.
+        np.testing.assert_allclose(detections["boxes"][0, 0], np.array([2.5, 2.0, 4.5, 3.0]) * 4)

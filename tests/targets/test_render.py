@@ -5,8 +5,6 @@ import os
 import numpy as np
 import pytest
 
-from keras_centernet.targets.gaussian import gaussian_radius
-from keras_centernet.targets.gaussian import ttfnet_radii
 from keras_centernet.targets.render import render_targets
 from tests.conftest import FIXTURES
 from tests.test_case import to_numpy
@@ -52,29 +50,6 @@ def test_every_case_equals_the_official_loader(fixtures, radius):
         np.testing.assert_array_equal(targets["offset"][0], fixtures[f"{case}_reg"], err_msg=case)
         np.testing.assert_array_equal(targets["indices"][0], fixtures[f"{case}_ind"], err_msg=case)
         np.testing.assert_array_equal(targets["mask"][0], fixtures[f"{case}_reg_mask"], err_msg=case)
-
-
-@pytest.mark.multi_backend
-def test_radius_tables(fixtures):
-    """Every integer size 1..128 squared: the int radius of the official and the fixed formula."""
-    sizes = np.arange(1, 129, dtype="float32")
-    height, width = np.meshgrid(sizes, sizes, indexing="ij")
-    for method in ("official", "fixed"):
-        r = to_numpy(gaussian_radius(height, width, method=method))
-        np.testing.assert_allclose(r, fixtures[f"radius_float_table_{method}"], rtol=1e-4)
-        radius = np.maximum(np.floor(r), 0).astype("int32")
-        np.testing.assert_array_equal(radius, fixtures[f"radius_table_{method}"], err_msg=method)
-
-
-@pytest.mark.multi_backend
-def test_ttfnet_radii(fixtures):
-    case = "c5_nasty"
-    valid = fixtures[f"{case}_valid"]
-    boxes = fixtures[f"{case}_boxes"][valid]
-    h_radius, w_radius = ttfnet_radii(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0])
-    np.testing.assert_array_equal(
-        np.stack([to_numpy(h_radius), to_numpy(w_radius)], axis=1), fixtures[f"{case}_radius_ttf"][valid]
-    )
 
 
 @pytest.mark.multi_backend
