@@ -1,6 +1,7 @@
 """Backbones of CenterNet: feature pyramids (ResNet, DLA) and stacked hourglasses."""
 
+from keras_centernet.backbones.dla import DLABackbone
 from keras_centernet.backbones.hourglass import HourglassBackbone
 from keras_centernet.backbones.resnet import ResNetBackbone
 
-__all__ = ["HourglassBackbone", "ResNetBackbone"]
+__all__ = ["DLABackbone", "HourglassBackbone", "ResNetBackbone"]

@@ -1,4 +1,4 @@
-"""DLA-34 (Deep Layer Aggregation) backbone of CenterNet (official `pose_dla_dcn.py`, `DLA`), channels-last.
+"""DLA-34 (Deep Layer Aggregation), the backbone of CenterNet's `pose_dla_dcn.py`, channels-last.
 
 Layers are named by the official module paths (`base-base_layer-0`,
 `base-level3-tree1-tree1-conv1`, `base-level5-root-conv`, ...; `-` for `.`),
@@ -6,192 +6,213 @@ so official checkpoints load by name with `keras_centernet.convert`.
 """
 
 import keras
-from keras import ops
 
 from keras_centernet.convert.official import official_name
 from keras_centernet.necks.dla_up import DLAUpNeck
 
+# PyTorch BatchNorm2d: eps 1e-5; momentum 0.1 there is 0.9 here.
 _BN_EPSILON = 1e-5
 _BN_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
 class DLABackbone(keras.Model):
-    """DLA with basic blocks, returning the output of every level (strides 1 to 32).
+    """Deep Layer Aggregation with basic blocks: the output of every level (strides 1 to 32).
 
-    The official `DLA`: a 7x7 stem (`base_layer`), two conv levels
-    (`level0`, `level1`), then hierarchical `Tree`s (`level2`..`level5`)
-    whose `Root` nodes aggregate (concatenate, 1x1 conv, BN, ReLU) the
-    blocks of a level with the level's down-sampled input when
-    `level_root`. A `Tree` down-samples its input with a `stride` x
-    `stride` max pool and projects it with a 1x1 conv + BN when the
-    channels change. As in the official code, a `Tree` of two levels
-    computes its projection but its sub-tree recomputes its own: the unused
-    projection keeps its weights so that checkpoints load.
+    The official `DLA` of `pose_dla_dcn.py` without its ImageNet classifier:
+    a 7x7 stem (`base_layer`), two plain levels (`level0`; `level1`, stride
+    2), then four hierarchical `Tree`s (`level2`..`level5`, stride 2 each).
+    A tree of depth 1 runs two basic blocks (`tree1` with the stride and a
+    residual from the tree's input max-pooled 2x2 and, when the channels
+    change, projected by a 1x1 conv + BN; `tree2`), and its `Root`
+    concatenates the second block's output, the first's and the children
+    (the pooled input for `level_root` trees, the first sub-tree's output
+    for the deeper trees), then 1x1 conv + BN + ReLU. A tree of depth 2 is
+    two such trees, the second aggregating at its root.
+
+    As in the official code, a tree of depth 2 also owns a projection
+    (`base.level3.project`, `base.level4.project`) whose output its first
+    sub-tree ignores (it projects again itself): those layers are kept
+    outside the graph (`unused_projections`), so that checkpoints load and
+    parameter counts match, and they are not computed.
+
+    Inputs are normalised images `(batch, height, width, 3)`; the outputs
+    are a list of six maps of `channels[i]` channels at stride `2 ** i`
+    (the official `DLA.forward`'s `y`). Height and width should be multiples
+    of 32: the max pools drop odd rows and columns as PyTorch's do.
 
     Args:
-        levels: tuple of 6 ints. Blocks per level (DLA-34: 1, 1, 1, 2, 2, 1).
-        channels: tuple of 6 ints. Channels per level (DLA-34: 16, 32, 64,
-            128, 256, 512).
-        dtype: dtype policy of the layers.
+        levels: sequence of 6 ints. Convolutions of `level0` and `level1`,
+            then the depth of the trees `level2`..`level5`. Defaults to
+            `(1, 1, 1, 2, 2, 1)` (DLA-34).
+        channels: sequence of 6 ints. Channels of each level. Defaults to
+            `(16, 32, 64, 128, 256, 512)` (DLA-34).
+        dtype: string or `keras.DTypePolicy`. The dtype policy of the
+            layers. Defaults to `None` (the global policy).
 
     Example:
 
+    >>> import numpy as np
     >>> backbone = DLABackbone()
-    >>> [tuple(f.shape)[1:3] for f in backbone(np.zeros((1, 64, 64, 3), "float32"))]
-    [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    >>> [tuple(f.shape) for f in backbone(np.zeros((1, 64, 64, 3), "float32"))]
+    [(1, 64, 64, 16), (1, 32, 32, 32), (1, 16, 16, 64), (1, 8, 8, 128), (1, 4, 4, 256), (1, 2, 2, 512)]
 
     Reference:
-        Yu et al., "Deep Layer Aggregation", CVPR 2018.
+        Yu, Wang, Shelhamer and Darrell, "Deep Layer Aggregation", CVPR 2018;
+        Zhou, Wang and Krähenbühl, "Objects as Points", arXiv 2019.
     """
 
-    def __init__(self, levels=(1, 1, 1, 2, 2, 1), channels=(16, 32, 64, 128, 256, 512), **kwargs):
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        levels=(1, 1, 1, 2, 2, 1),
+        channels=(16, 32, 64, 128, 256, 512),
+        dtype=None,
+        **kwargs,
+    ):
         levels, channels = tuple(levels), tuple(channels)
-        if len(levels) != 6 or len(channels) != 6:
-            raise ValueError(
-                f"`levels` and `channels` need 6 entries each; received {levels} and {channels}."
+        for name, values in (("levels", levels), ("channels", channels)):
+            if len(values) != 6 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values
+            ):
+                raise ValueError(f"`{name}` must be 6 positive ints; received {values}.")
+        builder = _GraphBuilder(dtype)
+
+        # === Functional Model ===
+        images = keras.Input((None, None, 3), name="images")
+        x = builder.conv_bn_relu(images, "base.base_layer", channels[0], kernel_size=7)
+        features = []
+        x = builder.conv_level(x, "base.level0", channels[0], levels[0])
+        features.append(x)
+        x = builder.conv_level(x, "base.level1", channels[1], levels[1], strides=2)
+        features.append(x)
+        for level in range(2, 6):
+            x = builder.tree(
+                x, f"base.level{level}", levels[level], channels[level],
+                strides=2, level_root=level > 2,
             )
-        if not all(isinstance(v, int) and v >= 1 for v in levels + channels):
-            raise ValueError(f"`levels` and `channels` must be positive ints; received {levels}, {channels}.")
+            features.append(x)
+        super().__init__(inputs=images, outputs=features, **kwargs)
+
+        # === Layers outside the graph ===
+        self.unused_projections = builder.unused_projections
+
+        # === Config ===
+        # A functional model does not take `dtype`; keep it for `get_config`.
+        if dtype is not None:
+            self.dtype_policy = keras.dtype_policies.get(dtype)
         self.levels = levels
         self.channels = channels
-        self.parts = {}
-        # Input channels of every layer that holds weights, to build the
-        # unused projections as well.
-        self._in_channels = {}
-        self._conv("base.base_layer.0", 3, channels[0], 7)
-        self._bn("base.base_layer.1", channels[0])
-        for index in range(levels[0]):
-            self._conv(f"base.level0.{3 * index}", channels[0], channels[0], 3)
-            self._bn(f"base.level0.{3 * index + 1}", channels[0])
-        for index in range(levels[1]):
-            self._conv(f"base.level1.{3 * index}", channels[0] if index == 0 else channels[1], channels[1], 3,
-                       strides=2 if index == 0 else 1)
-            self._bn(f"base.level1.{3 * index + 1}", channels[1])
-        for level in range(2, 6):
-            self._tree(f"base.level{level}", levels[level], channels[level - 1], channels[level],
-                       level_root=level > 2, root_dim=0, strides=2)
 
-    # --- construction -----------------------------------------------------------
-
-    def _conv(self, path, channels_in, channels_out, kernel_size, strides=1):
-        self.parts[path] = keras.layers.Conv2D(
-            channels_out, kernel_size, strides=strides, use_bias=False, dtype=self.dtype_policy,
-            name=official_name(path),
-        )
-        self._in_channels[path] = channels_in
-
-    def _bn(self, path, channels):
-        self.parts[path] = keras.layers.BatchNormalization(
-            epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, dtype=self.dtype_policy, name=official_name(path)
-        )
-        self._in_channels[path] = channels
-
-    def _block(self, path, channels_in, channels_out, strides=1):
-        self._conv(f"{path}.conv1", channels_in, channels_out, 3, strides=strides)
-        self._bn(f"{path}.bn1", channels_out)
-        self._conv(f"{path}.conv2", channels_out, channels_out, 3)
-        self._bn(f"{path}.bn2", channels_out)
-
-    def _tree(self, path, levels, channels_in, channels_out, level_root, root_dim, strides=1):
-        if root_dim == 0:
-            root_dim = 2 * channels_out
-        if level_root:
-            root_dim += channels_in
-        if levels == 1:
-            self._block(f"{path}.tree1", channels_in, channels_out, strides)
-            self._block(f"{path}.tree2", channels_out, channels_out)
-            self._conv(f"{path}.root.conv", root_dim, channels_out, 1)
-            self._bn(f"{path}.root.bn", channels_out)
-        else:
-            self._tree(f"{path}.tree1", levels - 1, channels_in, channels_out, False, 0, strides)
-            self._tree(f"{path}.tree2", levels - 1, channels_out, channels_out, False,
-                       root_dim + channels_out)
-        if channels_in != channels_out:
-            self._conv(f"{path}.project.0", channels_in, channels_out, 1)
-            self._bn(f"{path}.project.1", channels_out)
-
-    def build(self, input_shape):
-        for path, layer in self.parts.items():
-            layer.build((None, None, None, self._in_channels[path]))
-        self.built = True
-
-    # --- forward ------------------------------------------------------------------
-
-    def _apply_conv(self, path, x):
-        layer = self.parts[path]
-        pad = layer.kernel_size[0] // 2
-        if pad:
-            # PyTorch's symmetric zero padding (Keras "same" is asymmetric at stride 2).
-            x = ops.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        return layer(x)
-
-    def _apply_bn(self, path, x, training):
-        return self.parts[path](x, training=training)
-
-    def _block_forward(self, path, x, residual, training):
-        out = ops.relu(self._apply_bn(f"{path}.bn1", self._apply_conv(f"{path}.conv1", x), training))
-        out = self._apply_bn(f"{path}.bn2", self._apply_conv(f"{path}.conv2", out), training)
-        return ops.relu(out + residual)
-
-    def _tree_forward(self, path, levels, x, strides, level_root, training, children=None):
-        children = [] if children is None else children
-        bottom = x
-        if strides > 1:
-            bottom = ops.max_pool(x, pool_size=strides, strides=strides, padding="valid")
-        if level_root:
-            children.append(bottom)
-        if levels == 1:
-            residual = bottom
-            if f"{path}.project.0" in self.parts:
-                residual = self._apply_bn(
-                    f"{path}.project.1", self._apply_conv(f"{path}.project.0", bottom), training
-                )
-            x1 = self._block_forward(f"{path}.tree1", x, residual, training)
-            x2 = self._block_forward(f"{path}.tree2", x1, x1, training)
-            merged = ops.concatenate([x2, x1] + children, axis=-1)
-            root = self._apply_bn(f"{path}.root.bn", self._apply_conv(f"{path}.root.conv", merged), training)
-            return ops.relu(root)
-        # The official tree computes its projection here too, but its
-        # sub-tree recomputes its own: skip the unused one.
-        x1 = self._tree_forward(f"{path}.tree1", levels - 1, x, strides, False, training)
-        children.append(x1)
-        return self._tree_forward(f"{path}.tree2", levels - 1, x1, 1, False, training, children)
-
-    def call(self, images, training=None):
-        x = ops.relu(self._apply_bn("base.base_layer.1", self._apply_conv("base.base_layer.0", images), training))
-        outputs = []
-        for index in range(self.levels[0]):
-            x = ops.relu(self._apply_bn(f"base.level0.{3 * index + 1}",
-                                        self._apply_conv(f"base.level0.{3 * index}", x), training))
-        outputs.append(x)
-        for index in range(self.levels[1]):
-            x = ops.relu(self._apply_bn(f"base.level1.{3 * index + 1}",
-                                        self._apply_conv(f"base.level1.{3 * index}", x), training))
-        outputs.append(x)
-        for level in range(2, 6):
-            x = self._tree_forward(f"base.level{level}", self.levels[level], x, 2, level > 2, training)
-            outputs.append(x)
-        return outputs
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, _ = input_shape
-        shapes = []
-        for level, channels in enumerate(self.channels):
-            factor = 2 ** level
-            shapes.append((
-                batch,
-                None if height is None else height // factor,
-                None if width is None else width // factor,
-                channels,
-            ))
-        return shapes
+    def call(self, inputs, training=None, mask=None):
+        return list(super().call(inputs, training=training, mask=mask))
 
     def get_config(self):
-        config = super().get_config()
-        config.update({"levels": list(self.levels), "channels": list(self.channels)})
-        return config
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "levels": list(self.levels),
+            "channels": list(self.channels),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+
+class _GraphBuilder:
+    """Creates DLA's layers, named by official module path, on symbolic tensors."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.unused_projections = []
+
+    def conv(self, x, name, filters, kernel_size, strides=1):
+        padding = kernel_size // 2
+        if padding:
+            # PyTorch pads symmetrically; Keras' "same" pads 0 before, 1 after
+            # at stride 2 and would shift the sampling grid.
+            x = keras.layers.ZeroPadding2D(
+                padding, dtype=self.dtype, name=official_name(f"{name}.pad")
+            )(x)
+        return keras.layers.Conv2D(
+            filters, kernel_size, strides=strides, use_bias=False,
+            dtype=self.dtype, name=official_name(name),
+        )(x)
+
+    def batch_norm(self, x, name):
+        return keras.layers.BatchNormalization(
+            epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, dtype=self.dtype, name=official_name(name)
+        )(x)
+
+    def relu(self, x, name):
+        return keras.layers.ReLU(dtype=self.dtype, name=official_name(name))(x)
+
+    def conv_bn_relu(self, x, name, filters, kernel_size, strides=1, index=0):
+        """`nn.Sequential` entries `index`, `index + 1`, `index + 2`: conv (no bias), BN, ReLU."""
+        x = self.conv(x, f"{name}.{index}", filters, kernel_size, strides=strides)
+        x = self.batch_norm(x, f"{name}.{index + 1}")
+        return self.relu(x, f"{name}.{index + 2}")
+
+    def conv_level(self, x, name, filters, convs, strides=1):
+        """The official `_make_conv_level`: `convs` 3x3 conv + BN + ReLU, the first with the stride."""
+        for i in range(convs):
+            x = self.conv_bn_relu(x, name, filters, 3, strides=strides if i == 0 else 1, index=3 * i)
+        return x
+
+    def basic_block(self, x, residual, name, filters, strides=1):
+        y = self.conv(x, f"{name}.conv1", filters, 3, strides=strides)
+        y = self.relu(self.batch_norm(y, f"{name}.bn1"), f"{name}.relu1")
+        y = self.batch_norm(self.conv(y, f"{name}.conv2", filters, 3), f"{name}.bn2")
+        y = keras.layers.Add(dtype=self.dtype, name=official_name(f"{name}.add"))([y, residual])
+        return self.relu(y, f"{name}.relu")
+
+    def projection_layers(self, name, filters):
+        return (
+            keras.layers.Conv2D(
+                filters, 1, use_bias=False, dtype=self.dtype, name=official_name(f"{name}.project.0")
+            ),
+            keras.layers.BatchNormalization(
+                epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, dtype=self.dtype,
+                name=official_name(f"{name}.project.1"),
+            ),
+        )
+
+    def tree(self, x, name, depth, filters, strides=1, level_root=False, children=None):
+        """The official `Tree(depth, BasicBlock, in, filters, stride, level_root)` on `x`."""
+        children = [] if children is None else children
+        channels_in = x.shape[-1]
+        bottom = x
+        if strides > 1:
+            bottom = keras.layers.MaxPooling2D(
+                strides, strides, dtype=self.dtype, name=official_name(f"{name}.downsample")
+            )(x)
+        if level_root:
+            children.append(bottom)
+        if depth == 1:
+            residual = bottom
+            if channels_in != filters:
+                conv, norm = self.projection_layers(name, filters)
+                residual = norm(conv(bottom))
+            x1 = self.basic_block(x, residual, f"{name}.tree1", filters, strides=strides)
+            x2 = self.basic_block(x1, x1, f"{name}.tree2", filters)
+            merged = keras.layers.Concatenate(dtype=self.dtype, name=official_name(f"{name}.root.cat"))(
+                [x2, x1] + children
+            )
+            y = self.batch_norm(self.conv(merged, f"{name}.root.conv", filters, 1), f"{name}.root.bn")
+            return self.relu(y, f"{name}.root.relu")
+        if channels_in != filters:
+            # The official tree computes this projection and its first sub-tree ignores it.
+            conv, norm = self.projection_layers(name, filters)
+            conv.build((None, None, None, channels_in))
+            norm.build((None, None, None, filters))
+            self.unused_projections.extend([conv, norm])
+        x1 = self.tree(x, f"{name}.tree1", depth - 1, filters, strides=strides)
+        children.append(x1)
+        return self.tree(x1, f"{name}.tree2", depth - 1, filters, children=children)
 
 
 def _dla34():
@@ -202,11 +223,12 @@ PRESETS = {
     "dla34": {
         "backbone": _dla34,
         "neck": lambda: DLAUpNeck(channels=(64, 128, 256, 512)),
+        # The official `head_conv` default for DLA (`opts.py`).
         "head_channels": 256,
         "size_divisor": 32,
         "description": (
-            "DLA-34 with DCN up-sampling aggregation (official `pose_dla_dcn.py`, "
-            "DLAUp + IDAUp); 37.4 COCO AP in the paper."
+            "DLA-34 with deformable IDA up-sampling (official `pose_dla_dcn.py`: "
+            "DLAUp + IDAUp, stride 4); 37.4 COCO AP in the paper."
         ),
     },
 }

@@ -28,27 +28,45 @@ RESNET_SPECS = {
 class ResNetBackbone(keras.Model):
     """ResNet-18/34/50/101/152 returning its feature pyramid (strides 4, 8, 16, 32).
 
-    The official CenterNet ResNet (torchvision's v1: the stride of a
-    bottleneck on its 3x3 conv, a 1x1 strided projection): a 7x7/2 stem,
-    a 3x3/2 max pool, four stages of 64, 128, 256 and 512 planes.
-    Convolutions with stride 2 pad symmetrically as PyTorch does.
+    The ResNet of the official CenterNet (`resnet_dcn.py`, `msra_resnet.py`;
+    torchvision's v1) without its classifier: a 7x7/2 convolution (`conv1`,
+    `bn1`, `relu`), a 3x3/2 max pool (`maxpool`), then four stages
+    (`layer1` .. `layer4`) of 64, 128, 256 and 512 planes. ResNet-18/34 use
+    basic blocks (two 3x3 convolutions), ResNet-50/101/152 bottlenecks
+    (1x1, 3x3, 1x1 with 4x expansion; the stride on the 3x3 convolution).
+    The first block of a stage that changes stride or width projects its
+    shortcut with a 1x1 strided convolution and BN (`downsample.0/1`).
+    Convolutions with stride 2 and the max pool pad symmetrically as
+    PyTorch does. BatchNorm: epsilon 1e-5, momentum 0.9 (PyTorch's 0.1).
+
+    Every layer is named by its official module path (`official_name`):
+    `conv1`, `bn1`, `layer1-0-conv1`, `layer2-0-downsample-0`,
+    `layer4-2-bn3`, ..., so official checkpoints load by name with
+    `keras_centernet.convert`. The outputs are those of the last block of
+    each stage (`layer<k>-<n>-relu`), the official `layer1` .. `layer4`.
+
+    Inputs are normalised images `(batch, height, width, 3)`; height and
+    width multiples of 32 give maps of exactly 1/4 .. 1/32 of them.
 
     Args:
         depth: int. 18, 34, 50, 101 or 152. Defaults to 18.
-        dtype: dtype policy of the layers. Defaults to the global policy.
+        dtype: string or `keras.DTypePolicy`. The dtype policy of the layers.
+            Defaults to `None` (the global policy).
 
     Example:
 
+    >>> import numpy as np
     >>> backbone = ResNetBackbone(depth=18)
     >>> [tuple(f.shape) for f in backbone(np.zeros((1, 64, 64, 3), "float32"))]
     [(1, 16, 16, 64), (1, 8, 8, 128), (1, 4, 4, 256), (1, 2, 2, 512)]
 
     Reference:
-        He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
+        He, Zhang, Ren and Sun, "Deep Residual Learning for Image
+        Recognition", CVPR 2016.
     """
 
     def __init__(self, depth=18, dtype=None, **kwargs):
-        if depth not in RESNET_SPECS:
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth not in RESNET_SPECS:
             raise ValueError(f"`depth` must be one of {sorted(RESNET_SPECS)}; received {depth!r}.")
         block, blocks = RESNET_SPECS[depth]
         self._layer_dtype = dtype
@@ -84,13 +102,19 @@ class ResNetBackbone(keras.Model):
         self.depth = depth
 
     def _conv(self, x, filters, kernel_size, strides, name):
-        padding = kernel_size // 2
-        if padding:
+        if strides > 1 and kernel_size > 1:
+            # PyTorch pads symmetrically (kernel_size // 2); Keras' "same"
+            # pads 0 before, 1 after at stride 2 and would shift the grid.
             x = keras.layers.ZeroPadding2D(
-                padding, dtype=self._layer_dtype, name=official_name(f"{name}.pad")
+                kernel_size // 2, dtype=self._layer_dtype, name=official_name(f"{name}.pad")
             )(x)
+            padding = "valid"
+        else:
+            # Stride 1 with odd kernels: "same" is the symmetric padding; the
+            # 1x1 stride-2 projection needs none.
+            padding = "same"
         return keras.layers.Conv2D(
-            filters, kernel_size, strides=strides, use_bias=False,
+            filters, kernel_size, strides=strides, padding=padding, use_bias=False,
             dtype=self._layer_dtype, name=official_name(name),
         )(x)
 
@@ -146,7 +170,8 @@ class ResNetBackbone(keras.Model):
 def _preset(depth, use_dcn, filters, description):
     return {
         "backbone": lambda: ResNetBackbone(depth=depth),
-        "neck": lambda: UpConvNeck(filters=filters, use_dcn=use_dcn),
+        "neck": lambda: UpConvNeck(filters=filters, kernel_sizes=(4, 4, 4), use_dcn=use_dcn),
+        # The official `opts.py`: head_conv 64 for every architecture but DLA.
         "head_channels": 64,
         "size_divisor": 32,
         "description": description,
@@ -156,20 +181,26 @@ def _preset(depth, use_dcn, filters, description):
 PRESETS = {
     "resnet18": _preset(
         18, False, (256, 256, 256),
-        "ResNet-18 with three plain up-convolutions (official `msra_resnet.py`, `res_18`).",
+        "ResNet-18 with three plain 4x4 up-convolutions of 256 channels (official "
+        "`msra_resnet.py`, `--arch res_18`).",
     ),
     "resnet18_dcn": _preset(
         18, True, (256, 128, 64),
-        "ResNet-18 with DCN up-convolutions (official `resnet_dcn.py`); 28.1 COCO AP in the paper.",
+        "ResNet-18 with three DCN + 4x4 up-convolution stages of 256, 128, 64 channels "
+        "(official `resnet_dcn.py`, `--arch resdcn_18`); 28.1 COCO AP in the paper "
+        "(val2017, no test-time augmentation).",
     ),
     "resnet34_dcn": _preset(
-        34, True, (256, 128, 64), "ResNet-34 with DCN up-convolutions (official `resnet_dcn.py`)."
+        34, True, (256, 128, 64),
+        "ResNet-34 with DCN up-convolutions (official `resnet_dcn.py`, `--arch resdcn_34`).",
     ),
     "resnet50_dcn": _preset(
-        50, True, (256, 128, 64), "ResNet-50 with DCN up-convolutions (official `resnet_dcn.py`)."
+        50, True, (256, 128, 64),
+        "ResNet-50 with DCN up-convolutions (official `resnet_dcn.py`, `--arch resdcn_50`).",
     ),
     "resnet101_dcn": _preset(
         101, True, (256, 128, 64),
-        "ResNet-101 with DCN up-convolutions (official `resnet_dcn.py`); 34.6 COCO AP in the paper.",
+        "ResNet-101 with three DCN + 4x4 up-convolution stages (official `resnet_dcn.py`, "
+        "`--arch resdcn_101`); 34.6 COCO AP in the paper (val2017, no test-time augmentation).",
     ),
 }

@@ -32,7 +32,10 @@ def official_name(path):
 
 def _to_numpy(value):
     if hasattr(value, "detach"):  # a torch tensor; torch itself is optional
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        # NumPy has no bfloat16: widen half-precision checkpoints first.
+        value = value.float() if value.is_floating_point() else value
+        value = value.numpy()
     return np.asarray(value)
 
 
@@ -188,7 +191,11 @@ def load_official_weights(model, state_dict, skip_mismatch=False):
         array = _to_numpy(value).astype("float32")
         if transform is not None:
             if array.ndim != 4:
-                mismatched.append(f"{key}: shape {array.shape}, expected a 4-D kernel")
+                assigned[id(variable)] = None
+                if skip_mismatch:
+                    skipped.append(key)
+                else:
+                    mismatched.append(f"{key}: shape {array.shape}, expected a 4-D kernel")
                 continue
             array = transform(array)
         if key in FIRST_CONVOLUTIONS:
@@ -198,9 +205,10 @@ def load_official_weights(model, state_dict, skip_mismatch=False):
                 f"{key}: official shape {tuple(_to_numpy(value).shape)} gives "
                 f"{tuple(array.shape)}, but {variable.path} has {tuple(variable.shape)}"
             )
+            # Either way the variable has its entry: it is not also missing.
+            assigned[id(variable)] = None
             if skip_mismatch:
                 skipped.append(key)
-                assigned[id(variable)] = None
             else:
                 mismatched.append(message)
             continue
@@ -217,7 +225,7 @@ def load_official_weights(model, state_dict, skip_mismatch=False):
     if problems:
         raise ValueError(
             "The state_dict does not fit the model "
-            f"({type(model.backbone).__name__} backbone):\n- " + "\n- ".join(problems)
+            f"({type(getattr(model, 'backbone', model)).__name__}):\n- " + "\n- ".join(problems)
         )
     for item in assigned.values():
         if item is not None:

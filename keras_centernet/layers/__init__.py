@@ -3,6 +3,7 @@
 from keras_centernet.layers.decoder import CenterNetDecoder
 from keras_centernet.layers.decoder import decode_detections
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
+from keras_centernet.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from keras_centernet.layers.prediction_head import PredictionHead
 from keras_centernet.layers.preprocessing import ImageNormalization
 from keras_centernet.layers.soft_nms import SoftNMS
@@ -11,6 +12,7 @@ from keras_centernet.layers.soft_nms import soft_nms
 __all__ = [
     "CenterNetDecoder",
     "DeformableConv2D",
+    "DepthwiseConv2DTranspose",
     "ImageNormalization",
     "PredictionHead",
     "SoftNMS",

@@ -1,5 +1,7 @@
 """Necks of CenterNet: from a feature pyramid to one stride-4 map."""
 
+from keras_centernet.necks.dla_up import DLAUpNeck
+from keras_centernet.necks.dla_up import IDAUp
 from keras_centernet.necks.upconv import UpConvNeck
 
-__all__ = ["UpConvNeck"]
+__all__ = ["DLAUpNeck", "IDAUp", "UpConvNeck"]

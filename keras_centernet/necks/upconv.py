@@ -3,21 +3,18 @@
 import math
 
 import keras
-import numpy as np
 
 from keras_centernet.convert.official import official_name
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
+from keras_centernet.layers.depthwise_conv2d_transpose import bilinear_kernel
 
+# PyTorch BatchNorm2d: eps 1e-5; momentum 0.1 there is 0.9 here.
 _BN_EPSILON = 1e-5
 _BN_MOMENTUM = 0.9
 
-
-def bilinear_kernel(kernel_size):
-    """The official `fill_up_weights` 2-D bilinear up-sampling kernel `(k, k)`."""
-    f = math.ceil(kernel_size / 2)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
-    ramp = 1 - np.abs(np.arange(kernel_size) / f - c)
-    return np.outer(ramp, ramp).astype("float32")
+# Transposed-convolution kernel -> the official (padding, output_padding) of
+# `_get_deconv_cfg`; each doubles the size exactly.
+OFFICIAL_UPSAMPLING_PADDING = {4: (1, 0), 3: (1, 1), 2: (0, 0)}
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
@@ -30,9 +27,13 @@ class OfficialUpsamplingInitializer(keras.initializers.Initializer):
     channel 0 from every input channel only (it indexes `w[c, 0]` of a
     `(in, out, k, k)` weight). Kernel layout here: `(k, k, out, in)`.
 
+    Args:
+        seed: int or `None`. Seed of the uniform part. Defaults to `None`.
+
     Example:
 
-    >>> layer = keras.layers.Conv2DTranspose(64, 4, 2, kernel_initializer=OfficialUpsamplingInitializer())
+    >>> layer = keras.layers.Conv2DTranspose(
+    ...     64, 4, 2, kernel_initializer=OfficialUpsamplingInitializer())
     """
 
     def __init__(self, seed=None):
@@ -40,6 +41,8 @@ class OfficialUpsamplingInitializer(keras.initializers.Initializer):
 
     def __call__(self, shape, dtype=None):
         kernel_h, kernel_w, channels_out, _ = shape
+        if kernel_h != kernel_w:
+            raise ValueError(f"The bilinear kernel is square; received shape {shape}.")
         bound = 1.0 / math.sqrt(channels_out * kernel_h * kernel_w)
         kernel = keras.random.uniform(shape, -bound, bound, dtype=dtype, seed=self.seed)
         bilinear = keras.ops.convert_to_tensor(bilinear_kernel(kernel_h), dtype=dtype)
@@ -52,70 +55,121 @@ class OfficialUpsamplingInitializer(keras.initializers.Initializer):
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
 class UpConvNeck(keras.layers.Layer):
-    """Three up-sampling stages from the stride-32 map to stride 4.
+    """Up-sampling stages (x2 each) from the backbone's last map to stride 4.
 
-    Official `resnet_dcn.py` (`use_dcn=True`): per stage a 3x3 deformable
-    convolution -> BN -> ReLU -> 4x4 transposed convolution, stride 2 ->
-    BN -> ReLU; filters 256, 128, 64. Official `msra_resnet.py`
-    (`use_dcn=False`): transposed convolution -> BN -> ReLU; filters 256
-    each. Sub-layers are named by the official `deconv_layers.<i>`.
+    With `use_dcn=True`, the official `resnet_dcn.py` neck: per stage a
+    3x3 deformable convolution (with bias) -> BN -> ReLU -> transposed
+    convolution (stride 2, no bias) -> BN -> ReLU, filters 256, 128, 64;
+    the transposed convolutions start as the official `fill_up_weights`
+    (`OfficialUpsamplingInitializer`). With `use_dcn=False`, the official
+    `msra_resnet.py` neck (the plain `res_18`): per stage transposed
+    convolution -> BN -> ReLU, filters 256, 256, 256 there, initialised
+    normal with standard deviation 0.001 as the official `init_weights`.
+    Transposed convolutions pad as PyTorch's `ConvTranspose2d` with the
+    official padding of each kernel size (4: padding 1; 3: padding 1,
+    output padding 1; 2: none), so every stage doubles height and width.
+
+    Sub-layers are named by the official `deconv_layers.<i>` indices
+    (`official_name`): with DCN, stage `s` holds `6s` (DCN), `6s + 1` (BN),
+    `6s + 2` (ReLU), `6s + 3` (transposed conv), `6s + 4`, `6s + 5`;
+    without, `3s` (transposed conv), `3s + 1` (BN), `3s + 2` (ReLU).
 
     Args:
-        filters: tuple of ints. Channels of each stage. Defaults to
-            `(256, 128, 64)`.
-        kernel_size: int. Transposed-convolution kernel, 4 (official,
-            padding 1) or 2. Defaults to 4.
-        use_dcn: bool. Defaults to True.
+        filters: sequence of ints. Output channels of each stage. Defaults
+            to `(256, 128, 64)`.
+        kernel_sizes: sequence of ints in {2, 3, 4}, one per stage.
+            Transposed-convolution kernels. Defaults to `(4, 4, 4)`.
+        use_dcn: bool. Whether each stage starts with a deformable
+            convolution. Defaults to `True`.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        features: the backbone's pyramid (a list; the last map is used) or
-            one map.
+        features: the backbone's pyramid (a list; the last, coarsest map is
+            used) or one map `(batch, height, width, channels)`.
+        training: bool. Whether BatchNormalization uses batch statistics.
 
     Example:
 
-    >>> neck = UpConvNeck()
-    >>> tuple(neck([np.zeros((1, 4, 4, 512), "float32")]).shape)
-    (1, 32, 32, 64)
+    >>> import numpy as np
+    >>> neck = UpConvNeck(filters=(32, 16, 8))
+    >>> tuple(neck([np.zeros((1, 4, 4, 64), "float32")]).shape)
+    (1, 32, 32, 8)
+
+    Reference:
+        Xiao, Wu and Wei, "Simple Baselines for Human Pose Estimation and
+        Tracking", ECCV 2018 (the up-convolutions); Zhou, Wang and
+        Krähenbühl, "Objects as Points", 2019 (with deformable convolutions).
     """
 
-    def __init__(self, filters=(256, 128, 64), kernel_size=4, use_dcn=True, **kwargs):
+    def __init__(self, filters=(256, 128, 64), kernel_sizes=(4, 4, 4), use_dcn=True, **kwargs):
         super().__init__(**kwargs)
-        filters = tuple(int(f) for f in filters)
-        if not filters or any(f < 1 for f in filters):
-            raise ValueError(f"`filters` must be positive ints; received {filters}.")
-        if kernel_size not in (2, 4):
+        filters, kernel_sizes = tuple(filters), tuple(kernel_sizes)
+        if not filters or not all(
+            isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in filters
+        ):
+            raise ValueError(f"`filters` must be a non-empty sequence of positive ints; received {filters}.")
+        if len(kernel_sizes) != len(filters) or not all(
+            k in OFFICIAL_UPSAMPLING_PADDING for k in kernel_sizes
+        ):
             raise ValueError(
-                f"`kernel_size` must be 4 (the official up-convolution) or 2; received {kernel_size!r}."
+                f"`kernel_sizes` must hold one kernel size of {sorted(OFFICIAL_UPSAMPLING_PADDING)} "
+                f"per stage of `filters` {filters}; received {kernel_sizes}."
             )
-        self.filters = filters
-        self.kernel_size = kernel_size
-        self.use_dcn = use_dcn
+        if not isinstance(use_dcn, bool):
+            raise ValueError(f"`use_dcn` must be a bool; received {use_dcn!r}.")
+
+        # === Layers ===
         self.stages = []
         index = 0
-        for planes in filters:
+        for planes, kernel_size in zip(filters, kernel_sizes):
             stage = []
             if use_dcn:
-                stage.append(DeformableConv2D(planes, 3, dtype=self.dtype_policy,
-                                              name=official_name(f"deconv_layers.{index}")))
-                stage.append(self._batch_norm(f"deconv_layers.{index + 1}"))
-                stage.append(keras.layers.ReLU(dtype=self.dtype_policy,
-                                               name=official_name(f"deconv_layers.{index + 2}")))
-                index += 3
-            stage.append(
-                keras.layers.Conv2DTranspose(
-                    planes, kernel_size, strides=2, padding="same", use_bias=False,
-                    kernel_initializer=(
-                        OfficialUpsamplingInitializer() if use_dcn
-                        else keras.initializers.RandomNormal(stddev=0.001)
+                stage += [
+                    DeformableConv2D(
+                        planes, 3, dtype=self.dtype_policy,
+                        name=official_name(f"deconv_layers.{index}"),
                     ),
-                    dtype=self.dtype_policy, name=official_name(f"deconv_layers.{index}"),
-                )
-            )
-            stage.append(self._batch_norm(f"deconv_layers.{index + 1}"))
-            stage.append(keras.layers.ReLU(dtype=self.dtype_policy,
-                                           name=official_name(f"deconv_layers.{index + 2}")))
+                    self._batch_norm(f"deconv_layers.{index + 1}"),
+                    self._relu(f"deconv_layers.{index + 2}"),
+                ]
+                index += 3
+            stage += self._upsampling(planes, kernel_size, f"deconv_layers.{index}", use_dcn)
+            stage += [
+                self._batch_norm(f"deconv_layers.{index + 1}"),
+                self._relu(f"deconv_layers.{index + 2}"),
+            ]
             index += 3
             self.stages.append(stage)
+
+        # === Config ===
+        self.filters = filters
+        self.kernel_sizes = kernel_sizes
+        self.use_dcn = use_dcn
+
+    def _upsampling(self, planes, kernel_size, path, use_dcn):
+        """The official `ConvTranspose2d(stride 2)`: one layer, or two where Keras pads differently."""
+        if use_dcn:
+            initializer = OfficialUpsamplingInitializer()
+        else:
+            initializer = keras.initializers.RandomNormal(stddev=0.001)
+        padding, output_padding = OFFICIAL_UPSAMPLING_PADDING[kernel_size]
+        # For even kernels Keras' "same" crops (k - 2) / 2 on each side of the
+        # full transposed convolution, which is PyTorch's padding here; for
+        # kernel 3 PyTorch crops 1 before and 0 after, Keras 0 before.
+        keras_same = kernel_size % 2 == 0
+        convolution = keras.layers.Conv2DTranspose(
+            planes, kernel_size, strides=2, padding="same" if keras_same else "valid",
+            use_bias=False, kernel_initializer=initializer, dtype=self.dtype_policy,
+            name=official_name(path),
+        )
+        if keras_same:
+            return [convolution]
+        crop = (padding, padding - output_padding)
+        return [
+            convolution,
+            keras.layers.Cropping2D((crop, crop), dtype=self.dtype_policy,
+                                    name=official_name(f"{path}.crop")),
+        ]
 
     def _batch_norm(self, path):
         return keras.layers.BatchNormalization(
@@ -123,10 +177,22 @@ class UpConvNeck(keras.layers.Layer):
             name=official_name(path),
         )
 
+    def _relu(self, path):
+        return keras.layers.ReLU(dtype=self.dtype_policy, name=official_name(path))
+
+    @staticmethod
+    def _last_shape(input_shape):
+        if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):
+            input_shape = input_shape[-1]
+        return tuple(input_shape)
+
     def build(self, input_shape):
-        shape = input_shape[-1] if isinstance(input_shape, (list, tuple)) and isinstance(
-            input_shape[0], (list, tuple)) else input_shape
-        shape = tuple(shape)
+        shape = self._last_shape(input_shape)
+        if len(shape) != 4 or shape[-1] is None:
+            raise ValueError(
+                "`UpConvNeck` takes maps (batch, height, width, channels) with known "
+                f"channels; received the shape {shape}."
+            )
         for stage in self.stages:
             for layer in stage:
                 layer.build(shape)
@@ -144,9 +210,7 @@ class UpConvNeck(keras.layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        shape = input_shape[-1] if isinstance(input_shape, (list, tuple)) and isinstance(
-            input_shape[0], (list, tuple)) else input_shape
-        batch, height, width, _ = shape
+        batch, height, width, _ = self._last_shape(input_shape)
         factor = 2 ** len(self.filters)
         return (
             batch,
@@ -158,6 +222,10 @@ class UpConvNeck(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"filters": list(self.filters), "kernel_size": self.kernel_size, "use_dcn": self.use_dcn}
+            {
+                "filters": list(self.filters),
+                "kernel_sizes": list(self.kernel_sizes),
+                "use_dcn": self.use_dcn,
+            }
         )
         return config
