@@ -1,8 +1,18 @@
 import keras
+from keras import ops
 
+from keras_centernet.layers.decoder import apply_score_threshold
+from keras_centernet.layers.decoder import decode_detections
 from keras_centernet.layers.prediction_head import HEATMAP_PRIOR_BIAS
 from keras_centernet.layers.prediction_head import PredictionHead
 from keras_centernet.layers.preprocessing import ImageNormalization
+from keras_centernet.layers.soft_nms import soft_nms
+from keras_centernet.losses.focal import focal_loss
+from keras_centernet.losses.regression import reg_l1_loss
+from keras_centernet.targets.render import render_targets
+
+# The paper's multi-scale test (official `--test_scales`).
+OFFICIAL_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
@@ -46,6 +56,28 @@ class CenterNet(keras.Model):
             multiples of it. Defaults to 32.
         regression_head_stddev: float or `None`. Normal initialisation of
             the non-heatmap heads (the official `fill_fc_weights`: 0.001).
+        score_threshold: float. `predict` blanks detections scoring at most
+            this (box 0, score 0, label -1) and counts the others in
+            `num_detections`. Defaults to 0.0 (the paper scores the top 100).
+        flip_test: bool. Flip test-time augmentation in `predict`: the
+            heatmaps and sizes of the image and its mirror are averaged, as
+            the official detector. Defaults to False.
+        test_scales: tuple of floats. Multi-scale testing in `predict`
+            (the paper: `OFFICIAL_TEST_SCALES`, 0.5 to 1.5), merged with the
+            official Soft-NMS. Defaults to `(1.0,)`.
+
+    Training: `model.compile(optimizer=...)` and `model.fit(dataset)` with
+    batches `(images, {"boxes": (B, M, 4), "labels": (B, M)})` (boxes in
+    input pixels, format `bounding_box_format`, label -1 for padding). The
+    targets are rendered inside the training step; the loss is the paper's
+    (focal loss + 0.1 size L1 + offset L1, averaged over hourglass stacks),
+    its parts logged as `heatmap_loss`, `size_loss` and `offset_loss`.
+
+    Prediction: `model.predict(images)` returns `{"boxes": (B, K, 4),
+    "scores": (B, K), "labels": (B, K), "num_detections": (B,)}` in input
+    pixels, `K = max_detections`, sorted by score.
+    `model.configure_prediction(...)` changes the thresholds, test-time
+    augmentation, or returns the raw maps instead.
 
     Example:
 
@@ -74,6 +106,9 @@ class CenterNet(keras.Model):
         bounding_box_format="xyxy",
         size_divisor=32,
         regression_head_stddev=0.001,
+        score_threshold=0.0,
+        flip_test=False,
+        test_scales=(1.0,),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -96,6 +131,10 @@ class CenterNet(keras.Model):
             raise ValueError(
                 f"`radius` must be 'official', 'fixed' or 'ttfnet'; received {radius!r}."
             )
+        for name, value in (("max_objects", max_objects), ("max_detections", max_detections)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int; received {value!r}.")
+        test_scales = _check_test_scales(test_scales)
 
         # === Layers ===
         self.preprocessor = ImageNormalization(
@@ -132,6 +171,15 @@ class CenterNet(keras.Model):
         self.bounding_box_format = bounding_box_format
         self.size_divisor = size_divisor
         self.regression_head_stddev = regression_head_stddev
+        self.score_threshold = float(score_threshold)
+        self.flip_test = bool(flip_test)
+        self.test_scales = test_scales
+        self.raw_maps = False
+
+        # === Loss parts, reported as metrics ===
+        self.heatmap_loss_tracker = keras.metrics.Mean(name="heatmap_loss")
+        self.size_loss_tracker = keras.metrics.Mean(name="size_loss")
+        self.offset_loss_tracker = keras.metrics.Mean(name="offset_loss")
 
         self.build((None, None, None, 3))
 
@@ -181,6 +229,172 @@ class CenterNet(keras.Model):
             outputs["intermediate"] = stacks[:-1]
         return outputs
 
+    # === Training ===
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The paper's loss; targets are rendered here from `y`'s boxes and labels."""
+        if sample_weight is not None:
+            raise ValueError("CenterNet does not take `sample_weight`: weight objects by their boxes.")
+        if not isinstance(y, dict) or "boxes" not in y or "labels" not in y:
+            raise ValueError(
+                "CenterNet trains on `(images, {'boxes': (B, M, 4), 'labels': (B, M)})`; "
+                f"received targets {type(y).__name__}"
+                + (f" with keys {sorted(y)}" if isinstance(y, dict) else "") + "."
+            )
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        targets = self.render_targets(x, y, y_pred["heatmap"])
+        stacks = list(y_pred.get("intermediate", [])) + [y_pred]
+        heatmap_loss = size_loss = offset_loss = 0.0
+        for outputs in stacks:
+            heatmap_loss += focal_loss(targets["heatmap"], outputs["heatmap"])
+            size_loss += reg_l1_loss(outputs["size"], targets["indices"], targets["mask"], targets["size"])
+            offset_loss += reg_l1_loss(
+                outputs["offset"], targets["indices"], targets["mask"], targets["offset"]
+            )
+        heatmap_loss /= len(stacks)
+        size_loss /= len(stacks)
+        offset_loss /= len(stacks)
+        self.heatmap_loss_tracker.update_state(heatmap_loss)
+        self.size_loss_tracker.update_state(size_loss)
+        self.offset_loss_tracker.update_state(offset_loss)
+        total = (
+            self.heatmap_loss_weight * heatmap_loss
+            + self.size_loss_weight * size_loss
+            + self.offset_loss_weight * offset_loss
+        )
+        for extra in self.losses:  # weight regularisers of the layers
+            total = total + ops.cast(self._aggregate_additional_loss(extra), total.dtype)
+        return total
+
+    def render_targets(self, images, y, heatmap):
+        """Training targets of a batch on the output grid of `heatmap` (see `render_targets`)."""
+        height, width = heatmap.shape[1], heatmap.shape[2]
+        if height is None or width is None:
+            raise ValueError(
+                "Training needs static image sizes (batches of one fixed height and width); "
+                f"the heatmap has shape {heatmap.shape}."
+            )
+        boxes = ops.cast(ops.convert_to_tensor(y["boxes"]), "float32")
+        labels = ops.convert_to_tensor(y["labels"])
+        if len(boxes.shape) != 3 or boxes.shape[-1] != 4:
+            raise ValueError(f"`boxes` must have shape (B, M, 4); received {boxes.shape}.")
+        image_height, image_width = images.shape[1], images.shape[2]
+        if self.bounding_box_format != "xyxy":
+            boxes = keras.utils.bounding_boxes.convert_format(
+                boxes, source=self.bounding_box_format, target="xyxy",
+                height=image_height, width=image_width,
+            )
+        stride_x = image_width / width if image_width else 4.0
+        stride_y = image_height / height if image_height else 4.0
+        boxes = boxes / ops.convert_to_tensor([stride_x, stride_y, stride_x, stride_y], "float32")
+        return render_targets(
+            boxes, labels, (height, width), self.num_classes,
+            max_objects=self.max_objects, radius=self.radius,
+        )
+
+    # === Prediction ===
+
+    def configure_prediction(self, score_threshold=None, flip_test=None, test_scales=None, raw_maps=None):
+        """Changes what `predict` does (the compiled predict function is rebuilt).
+
+        Args:
+            score_threshold: float. See the constructor.
+            flip_test: bool. Flip test-time augmentation.
+            test_scales: tuple of floats. Multi-scale testing, e.g.
+                `OFFICIAL_TEST_SCALES`.
+            raw_maps: bool. `predict` returns the raw output maps of the last
+                stack (heatmap logits, size, offset) instead of detections.
+
+        Example:
+
+        >>> model.configure_prediction(flip_test=True, test_scales=OFFICIAL_TEST_SCALES)
+        """
+        if score_threshold is not None:
+            self.score_threshold = float(score_threshold)
+        if flip_test is not None:
+            self.flip_test = bool(flip_test)
+        if test_scales is not None:
+            self.test_scales = _check_test_scales(test_scales)
+        if raw_maps is not None:
+            self.raw_maps = bool(raw_maps)
+        self.predict_function = None
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if self.raw_maps:
+            return self(x, training=False)
+        return self.detect(x)
+
+    def detect(self, images):
+        """Detections of a batch, with the configured test-time augmentation.
+
+        Returns DESIGN.md's dict: `boxes` `(B, K, 4)` `xyxy` in input pixels,
+        `scores`, `labels`, `num_detections`.
+        """
+        images = ops.cast(ops.convert_to_tensor(images), "float32")
+        per_scale = []
+        for scale in self.test_scales:
+            scaled = images if scale == 1.0 else self._rescale(images, scale)
+            heat, size, offset = self._probability_maps(scaled)
+            stride = _stride(scaled, heat)
+            detections = decode_detections(
+                heat, size, offset, self.max_detections, stride=stride, heatmap_is_probability=True
+            )
+            if scale != 1.0:
+                detections["boxes"] = detections["boxes"] / scale
+            per_scale.append(detections)
+        if len(per_scale) == 1:
+            detections = per_scale[0]
+        else:
+            detections = self._merge_scales(per_scale)
+        return apply_score_threshold(detections, self.score_threshold)
+
+    def _probability_maps(self, images):
+        """Sigmoid heatmap, size and offset of the last stack; averaged over a flip when asked."""
+        if not self.flip_test:
+            raw = self(images, training=False)
+            return ops.sigmoid(ops.cast(raw["heatmap"], "float32")), raw["size"], raw["offset"]
+        # One batch of 2B: the images, then their mirrors.
+        raw = self(ops.concatenate([images, ops.flip(images, axis=2)], axis=0), training=False)
+
+        def halves(value):
+            value = ops.cast(value, "float32")
+            value = ops.reshape(value, (2, -1) + tuple(value.shape[1:]))
+            return value[0], ops.flip(value[1], axis=2)
+
+        heat, heat_flipped = halves(ops.sigmoid(ops.cast(raw["heatmap"], "float32")))
+        size, size_flipped = halves(raw["size"])
+        # As the official detector: the offset of the unflipped pass only.
+        offset, _ = halves(raw["offset"])
+        return (heat + heat_flipped) / 2, (size + size_flipped) / 2, offset
+
+    def _rescale(self, images, scale):
+        """Images resized by `scale` (as the official `int(h * scale)`), padded bottom/right to the divisor."""
+        height, width = images.shape[1], images.shape[2]
+        if height is None or width is None:
+            raise ValueError("Multi-scale testing needs images of a static height and width.")
+        new_height, new_width = int(height * scale), int(width * scale)
+        resized = ops.image.resize(images, (new_height, new_width), interpolation="bilinear")
+        divisor = self.size_divisor
+        pad_height = -new_height % divisor
+        pad_width = -new_width % divisor
+        return ops.pad(resized, ((0, 0), (0, pad_height), (0, pad_width), (0, 0)))
+
+    def _merge_scales(self, per_scale):
+        """The official merge: Soft-NMS per class over every scale's detections, then the top K."""
+        boxes = ops.concatenate([d["boxes"] for d in per_scale], axis=1)
+        scores = ops.concatenate([d["scores"] for d in per_scale], axis=1)
+        labels = ops.concatenate([d["labels"] for d in per_scale], axis=1)
+        scores = soft_nms(boxes, scores, labels, method="gaussian", sigma=0.5, iou_threshold=0.5,
+                          score_threshold=0.001)
+        scores, order = ops.top_k(scores, self.max_detections)
+        return {
+            "boxes": ops.take_along_axis(boxes, order[..., None], axis=1),
+            "scores": scores,
+            "labels": ops.take_along_axis(labels, order, axis=1),
+        }
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -199,6 +413,9 @@ class CenterNet(keras.Model):
                 "bounding_box_format": self.bounding_box_format,
                 "size_divisor": self.size_divisor,
                 "regression_head_stddev": self.regression_head_stddev,
+                "score_threshold": self.score_threshold,
+                "flip_test": self.flip_test,
+                "test_scales": list(self.test_scales),
             }
         )
         return config
@@ -243,3 +460,17 @@ class CenterNet(keras.Model):
             config["heads"] = heads
         config.update(kwargs)
         return cls(**config)
+
+
+def _check_test_scales(test_scales):
+    scales = tuple(float(s) for s in (test_scales if isinstance(test_scales, (list, tuple)) else [test_scales]))
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"`test_scales` must be positive numbers; received {test_scales!r}.")
+    return scales
+
+
+def _stride(images, heatmap):
+    """Input pixels per output pixel (4 for every CenterNet)."""
+    if images.shape[2] is not None and heatmap.shape[2] is not None:
+        return images.shape[2] / heatmap.shape[2]
+    return 4

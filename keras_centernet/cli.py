@@ -1,0 +1,452 @@
+"""The `centernet` command.
+
+    centernet demo       the README's main job: train on the built-in synthetic
+                         set, evaluate COCO AP, draw detections (no download)
+    centernet train      train a preset on synthetic, COCO-JSON or tfds data
+    centernet evaluate   COCO AP of a saved model (flip / multi-scale testing)
+    centernet predict    detections on image files, drawn and as JSON
+    centernet convert    an official checkpoint (.pth or .npz) -> .keras
+
+`centernet <command> --help` lists each command's options.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+logger = logging.getLogger("keras_centernet")
+
+OFFICIAL_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+def _set_backend(backend, argv):
+    """Restarts the command under `backend` when Keras already runs another one.
+
+    Importing `keras_centernet` imports Keras, which fixes its backend, so
+    `--backend` takes effect by running the command again with
+    `KERAS_BACKEND` set.
+    """
+    import keras
+
+    if backend and keras.backend.backend() != backend:
+        environment = dict(os.environ, KERAS_BACKEND=backend)
+        os.execve(sys.executable, [sys.executable, "-m", "keras_centernet.cli", *argv], environment)
+
+
+def _parse_floats(text):
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def _parse_ints(text):
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+# --- data --------------------------------------------------------------------
+
+
+def add_data_arguments(parser, training):
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=["synthetic", "coco-json", "tfds"], default="synthetic",
+                       help="synthetic (built in, no download), a COCO-format folder, or a "
+                            "tensorflow-datasets builder (default: synthetic)")
+    group.add_argument("--images", help="coco-json: folder of the images")
+    group.add_argument("--annotations", help="coco-json: the annotations .json file")
+    group.add_argument("--val-images", help="coco-json: validation images folder")
+    group.add_argument("--val-annotations", help="coco-json: validation annotations")
+    group.add_argument("--tfds-name", default="coco/2017",
+                       help="tfds: coco/2017, voc/2007 or voc/2012 (default coco/2017)")
+    group.add_argument("--data-dir", default=None, help="tfds: data directory")
+    group.add_argument("--train-split", default="train")
+    group.add_argument("--val-split", default="validation")
+    group.add_argument("--num-images", type=int, default=2000,
+                       help="synthetic: training images (default 2000)")
+    group.add_argument("--num-val-images", type=int, default=200,
+                       help="synthetic: validation images (default 200)")
+    group.add_argument("--num-classes", type=int, default=None,
+                       help="synthetic: number of shape classes, 1-5 (default 5)")
+    group.add_argument("--image-size", type=int, default=512,
+                       help="input size, a multiple of 32 (128 for hourglasses); default 512")
+    group.add_argument("--batch-size", type=int, default=32 if training else 8)
+
+
+def make_dataset(args, training, split=None):
+    """The dataset the arguments name; returns `(dataset, info)`."""
+    import keras_centernet as kc
+
+    size = args.image_size
+    if args.dataset == "synthetic":
+        kwargs = {}
+        if args.num_classes:
+            kwargs["num_classes"] = args.num_classes
+        dataset = kc.data.synthetic(
+            num_images=args.num_images if training else args.num_val_images,
+            image_size=size, batch_size=args.batch_size, training=training,
+            # Validation images are other images than the training ones.
+            seed=0 if training else 1, **kwargs,
+        )
+    elif args.dataset == "coco-json":
+        images = args.images if training else (args.val_images or args.images)
+        annotations = args.annotations if training else (args.val_annotations or args.annotations)
+        if not images or not annotations:
+            raise SystemExit("--dataset coco-json needs --images and --annotations.")
+        dataset = kc.data.coco_json(images, annotations, image_size=size,
+                                    batch_size=args.batch_size, training=training)
+    else:
+        dataset = kc.data.tfds_dataset(
+            args.tfds_name, split=split or (args.train_split if training else args.val_split),
+            image_size=size, batch_size=args.batch_size, training=training,
+            data_dir=args.data_dir,
+        )
+    return dataset, dataset.info
+
+
+# --- commands ------------------------------------------------------------------
+
+
+def _configure_precision(args):
+    import keras
+
+    if getattr(args, "mixed_precision", False):
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+
+
+def train(args):
+    """Builds (or resumes) a model, fits it, and evaluates it; returns the model and metrics."""
+    import keras
+
+    import keras_centernet as kc
+    from keras_centernet import training
+
+    _configure_precision(args)
+    train_ds, info = make_dataset(args, training=True)
+    val_ds, val_info = make_dataset(args, training=False)
+    steps = args.steps_per_epoch or _steps(info, args.batch_size)
+    if steps is None:
+        raise SystemExit("The training set has no known size: pass --steps-per-epoch.")
+
+    model = kc.CenterNet.from_preset(args.preset, num_classes=info.num_classes)
+    if args.weights:
+        model.load_weights(args.weights)
+    rate = args.learning_rate or training.default_learning_rate(args.preset, args.batch_size)
+    schedule = training.learning_rate_schedule(
+        rate, steps, args.epochs, schedule=args.schedule,
+        step_epochs=_parse_ints(args.lr_steps) if args.lr_steps else None,
+        warmup_epochs=args.warmup_epochs,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=args.jit_compile)
+    evaluation = (
+        kc.evaluation.COCOEvaluationCallback(val_ds, every_n_epochs=args.eval_every, info=val_info)
+        if args.eval_every else None
+    )
+    output_dir = args.output_dir or os.path.join("runs", args.preset)
+    if not args.resume and os.path.exists(os.path.join(output_dir, "backup")):
+        raise SystemExit(
+            f"{output_dir} holds an interrupted run: pass --resume to continue it, "
+            f"or another --output-dir."
+        )
+    callbacks = training.training_callbacks(
+        output_dir,
+        monitor="val_AP" if evaluation is not None else "loss",
+        mode="max" if evaluation is not None else "min",
+        evaluation=evaluation,
+        tensorboard=keras.backend.backend() == "tensorflow" or _has_tensorflow(),
+    )
+    with open(os.path.join(output_dir, "classes.json"), "w") as file:
+        json.dump({"class_names": info.class_names, "category_ids": info.category_ids}, file)
+    logger.info("Training %s on %s: %d classes, %d px, batch %d, %d steps/epoch, %d epochs, lr %.3g",
+                args.preset, info.source or args.dataset, info.num_classes, args.image_size,
+                args.batch_size, steps, args.epochs, rate)
+    history = model.fit(train_ds.repeat(), epochs=args.epochs, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=args.verbose)
+    metrics = kc.evaluation.coco_evaluate(model, val_ds, info=val_info, verbose=min(args.verbose, 1))
+    logger.info("COCO metrics: %s", _format_metrics(metrics))
+    return model, history, metrics, output_dir
+
+
+def _has_tensorflow():
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _steps(info, batch_size):
+    if not info.num_examples:
+        return None
+    return max(1, info.num_examples // batch_size)
+
+
+def _format_metrics(metrics):
+    return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+
+
+def run_train(args):
+    train(args)
+    return 0
+
+
+def _load_model(path):
+    import keras
+
+    import keras_centernet  # noqa: F401  (registers the custom objects)
+
+    return keras.saving.load_model(path)
+
+
+def run_evaluate(args):
+    import keras_centernet as kc
+
+    model = _load_model(args.model)
+    model.set_test_time_augmentation(flip=args.flip, scales=_parse_floats(args.scales))
+    dataset, info = make_dataset(args, training=False)
+    metrics = kc.evaluation.coco_evaluate(model, dataset, info=info, verbose=args.verbose)
+    print(json.dumps(metrics, indent=2))
+    if args.output:
+        with open(args.output, "w") as file:
+            json.dump(metrics, file, indent=2)
+    return 0
+
+
+def run_predict(args):
+    import numpy as np
+
+    from keras_centernet import visualization
+    from keras_centernet.data import to_original_boxes
+
+    model = _load_model(args.model)
+    model.set_test_time_augmentation(flip=args.flip, scales=_parse_floats(args.scales))
+    class_names = _class_names(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    results = []
+    for path in args.images:
+        image, transform = _load_for_model(path, args.image_size, model.size_divisor)
+        detections = model.predict_on_batch(image[None])
+        detections = {k: np.asarray(v)[0] for k, v in detections.items()}
+        count = int(detections["num_detections"])
+        boxes = to_original_boxes(detections["boxes"][:count], transform)
+        original = _read_rgb(path)
+        picture = visualization.draw_detections(
+            original, boxes, detections["scores"][:count], detections["labels"][:count],
+            class_names=class_names, score_threshold=args.score_threshold,
+        )
+        name = os.path.splitext(os.path.basename(path))[0]
+        visualization.save_image(os.path.join(args.output_dir, name + ".png"), picture)
+        keep = detections["scores"][:count] >= args.score_threshold
+        results.append({
+            "image": path,
+            "detections": [
+                {"box_xyxy": [round(float(v), 2) for v in box], "score": float(score),
+                 "label": int(label),
+                 "class_name": class_names[int(label)] if class_names else str(int(label))}
+                for box, score, label in zip(boxes[keep], detections["scores"][:count][keep],
+                                             detections["labels"][:count][keep])
+            ],
+        })
+        logger.info("%s: %d detections >= %.2f", path, int(keep.sum()), args.score_threshold)
+    with open(os.path.join(args.output_dir, "detections.json"), "w") as file:
+        json.dump(results, file, indent=1)
+    return 0
+
+
+def _class_names(args):
+    if args.classes:
+        with open(args.classes) as file:
+            return json.load(file)["class_names"]
+    candidate = os.path.join(os.path.dirname(os.path.abspath(args.model)), "classes.json")
+    if os.path.exists(candidate):
+        with open(candidate) as file:
+            return json.load(file)["class_names"]
+    return None
+
+
+def _read_rgb(path):
+    import numpy as np
+    from PIL import Image
+    from PIL import ImageOps
+
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def _load_for_model(path, image_size, size_divisor):
+    """An image file -> the model's input (longer side `image_size`, centred, padded) and its map."""
+    import numpy as np
+    from PIL import Image
+
+    original = _read_rgb(path)
+    height, width = original.shape[:2]
+    size = -(-image_size // size_divisor) * size_divisor
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized = np.asarray(Image.fromarray(original).resize((new_w, new_h), Image.BILINEAR))
+    canvas = np.zeros((size, size, 3), np.float32)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = resized
+    transform = np.array([[new_w / width, 0, left], [0, new_h / height, top]], np.float32)
+    return canvas, transform
+
+
+def run_demo(args):
+    """The README's main job: train on the synthetic set, evaluate, draw detections."""
+    import numpy as np
+
+    from keras_centernet import visualization
+
+    start = time.perf_counter()
+    args.dataset = "synthetic"
+    model, _, metrics, output_dir = train(args)
+    logger.info("Trained and evaluated in %.0f s: COCO AP %.3f, AP50 %.3f",
+                time.perf_counter() - start, metrics.get("AP", float("nan")),
+                metrics.get("AP50", float("nan")))
+    val_ds, info = make_dataset(args, training=False)
+    images, _ = next(iter(val_ds))
+    images = np.asarray(images)[:8]
+    detections = model.predict_on_batch(images)
+    detections = {k: np.asarray(v) for k, v in detections.items()}
+    pictures = [
+        visualization.draw_detections(
+            images[i], detections["boxes"][i], detections["scores"][i], detections["labels"][i],
+            class_names=info.class_names, score_threshold=0.3,
+        )
+        for i in range(len(images))
+    ]
+    picture_path = os.path.join(output_dir, "detections.png")
+    visualization.save_image(picture_path, visualization.image_grid(pictures))
+    model_path = os.path.join(output_dir, "model.keras")
+    model.save(model_path)
+    with open(os.path.join(output_dir, "coco_metrics.json"), "w") as file:
+        json.dump(metrics, file, indent=2)
+    logger.info("Wrote %s, %s and coco_metrics.json", model_path, picture_path)
+    return 0
+
+
+def run_convert(args):
+    import keras_centernet as kc
+
+    model = kc.convert.from_official_checkpoint(
+        args.checkpoint, preset=args.preset, num_classes=args.num_classes,
+    )
+    output = args.output or os.path.join(
+        "saved_models", args.preset, os.path.splitext(os.path.basename(args.checkpoint))[0] + ".keras"
+    )
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    model.save(output)
+    logger.info("Wrote %s (%s, %d classes)", output, args.preset, model.num_classes)
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------
+
+
+def add_training_arguments(parser, preset, epochs, eval_every):
+    group = parser.add_argument_group("training")
+    group.add_argument("--preset", default=preset, help=f"architecture (default {preset})")
+    group.add_argument("--weights", default=None, help="initial weights (.weights.h5)")
+    group.add_argument("--epochs", type=int, default=epochs)
+    group.add_argument("--steps-per-epoch", type=int, default=None,
+                       help="default: one pass over the training set")
+    group.add_argument("--learning-rate", type=float, default=None,
+                       help="Adam rate (default: the official 5e-4 per 128 images, "
+                            "2.5e-4 per 24 for hourglasses, scaled to the batch)")
+    group.add_argument("--schedule", choices=["step", "cosine", "constant"], default="step",
+                       help="official step decay (x0.1 at 90/140 and 120/140 of the run), "
+                            "cosine, or constant")
+    group.add_argument("--lr-steps", default=None, help="epochs of the step decay, e.g. 90,120")
+    group.add_argument("--warmup-epochs", type=float, default=0.0, help="cosine warm-up")
+    group.add_argument("--mixed-precision", action="store_true", help="bfloat16 mixed precision")
+    group.add_argument("--no-jit", dest="jit_compile", action="store_false",
+                       help="disable XLA compilation of the training step")
+    group.set_defaults(jit_compile="auto")
+    group.add_argument("--eval-every", type=int, default=eval_every,
+                       help="COCO evaluation every N epochs (0: only at the end)")
+    group.add_argument("--output-dir", default=None,
+                       help="checkpoints best.keras/last.keras, backup/, logs/, metrics.csv "
+                            "(default runs/<preset>)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --output-dir at its epoch")
+    group.add_argument("--verbose", type=int, default=1, help="0 silent, 1 progress bar, 2 a line per epoch")
+
+
+def add_test_time_arguments(parser):
+    parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--scales", default="1",
+                        help="test scales, e.g. 0.5,0.75,1,1.25,1.5 (the paper's multi-scale)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="centernet",
+        description="CenterNet (Objects as Points) in Keras 3.",
+    )
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
+                        help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command")
+
+    demo = commands.add_parser(
+        "demo", help="the main job: train on the built-in synthetic set, evaluate, draw")
+    add_data_arguments(demo, training=True)
+    add_training_arguments(demo, preset="resnet18", epochs=12, eval_every=0)
+    demo.set_defaults(func=run_demo, image_size=256, batch_size=16, num_images=640,
+                      num_val_images=64, schedule="cosine", learning_rate=2e-3,
+                      output_dir=os.path.join("saved_models", "demo"), resume=True, verbose=2)
+
+    train_parser = commands.add_parser("train", help="train a detector")
+    add_data_arguments(train_parser, training=True)
+    add_training_arguments(train_parser, preset="resnet18_dcn", epochs=140, eval_every=5)
+    train_parser.set_defaults(func=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="COCO AP of a saved model")
+    evaluate.add_argument("model", help="a .keras file")
+    add_data_arguments(evaluate, training=False)
+    add_test_time_arguments(evaluate)
+    evaluate.add_argument("--output", default=None, help="write the metrics to this .json")
+    evaluate.add_argument("--verbose", type=int, default=1)
+    evaluate.set_defaults(func=run_evaluate)
+
+    predict = commands.add_parser("predict", help="detect objects in image files")
+    predict.add_argument("model", help="a .keras file")
+    predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    predict.add_argument("--image-size", type=int, default=512)
+    predict.add_argument("--score-threshold", type=float, default=0.3)
+    predict.add_argument("--classes", default=None,
+                         help="classes.json of the training run (default: next to the model)")
+    predict.add_argument("--output-dir", default="predictions")
+    add_test_time_arguments(predict)
+    predict.set_defaults(func=run_predict)
+
+    convert = commands.add_parser(
+        "convert", help="convert an official CenterNet checkpoint (.pth or .npz) to .keras")
+    convert.add_argument("checkpoint", help="official checkpoint, e.g. ctdet_coco_dla_2x.pth")
+    convert.add_argument("--preset", required=True, help="matching architecture, e.g. dla34")
+    convert.add_argument("--num-classes", type=int, default=None,
+                         help="default: read from the checkpoint's heatmap head")
+    convert.add_argument("--output", default=None,
+                         help="output .keras file (default saved_models/<preset>/<name>.keras)")
+    convert.set_defaults(func=run_convert)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if args.version:
+        from keras_centernet.version import __version__
+
+        print(__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _set_backend(args.backend, argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

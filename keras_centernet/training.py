@@ -1,0 +1,119 @@
+"""Training recipes: the official learning rates and schedules, and the callbacks of a run.
+
+The official CenterNet trains with Adam at 5e-4 for a batch of 128 (ResNet,
+DLA-34: 140 epochs, x0.1 at epochs 90 and 120) or 2.5e-4 for a batch of 24
+(Hourglass-104: 50 epochs, x0.1 at 40), scaling the rate linearly with the
+batch. These helpers give the same recipe for any batch size and length, and
+the callbacks that make a run resumable and observable.
+"""
+
+import os
+
+import keras
+
+# Official (learning rate, batch size) by architecture family.
+_OFFICIAL_RATES = {"hourglass": (2.5e-4, 24), "default": (5e-4, 128)}
+
+
+def default_learning_rate(preset, batch_size):
+    """The official Adam learning rate of `preset`, scaled linearly to `batch_size`.
+
+    Example:
+
+    >>> default_learning_rate("dla34", 32)
+    0.000125
+    """
+    rate, official_batch = _OFFICIAL_RATES[
+        "hourglass" if str(preset).startswith("hourglass") else "default"
+    ]
+    return rate * batch_size / official_batch
+
+
+def learning_rate_schedule(
+    base_learning_rate, steps_per_epoch, epochs, schedule="step", step_epochs=None, warmup_epochs=0
+):
+    """A Keras learning-rate schedule: the official step decay or cosine.
+
+    Args:
+        base_learning_rate: float.
+        steps_per_epoch: int.
+        epochs: int. Length of the run.
+        schedule: `"step"` (x0.1 at each of `step_epochs`), `"cosine"`
+            (to 0 at the end) or `"constant"`. Defaults to `"step"`.
+        step_epochs: list of int. Epochs where the step schedule divides by
+            10. Defaults to the official 90/140 and 120/140 of the run
+            (`[round(0.64 * epochs), round(0.86 * epochs)]`).
+        warmup_epochs: float. Linear warm-up for the cosine schedule.
+            Defaults to 0.
+
+    Returns:
+        A `keras.optimizers.schedules.LearningRateSchedule` or a float.
+
+    Example:
+
+    >>> schedule = learning_rate_schedule(1.25e-4, steps_per_epoch=100, epochs=140)
+    >>> optimizer = keras.optimizers.Adam(schedule)
+    """
+    if steps_per_epoch < 1 or epochs < 1:
+        raise ValueError(
+            f"`steps_per_epoch` and `epochs` must be >= 1; received {steps_per_epoch}, {epochs}."
+        )
+    if schedule == "constant":
+        return base_learning_rate
+    if schedule == "step":
+        if step_epochs is None:
+            step_epochs = sorted({max(1, round(epochs * 90 / 140)), max(1, round(epochs * 120 / 140))})
+        boundaries = [int(epoch * steps_per_epoch) for epoch in step_epochs]
+        values = [base_learning_rate * 0.1**i for i in range(len(boundaries) + 1)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    if schedule == "cosine":
+        total = epochs * steps_per_epoch
+        warmup = int(warmup_epochs * steps_per_epoch)
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else base_learning_rate,
+            decay_steps=max(1, total - warmup),
+            warmup_target=base_learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    raise ValueError(f"`schedule` must be 'step', 'cosine' or 'constant'; received {schedule!r}.")
+
+
+def training_callbacks(output_dir, monitor="loss", mode="min", evaluation=None, tensorboard=True):
+    """The callbacks of a resumable run writing into `output_dir`.
+
+    - `BackupAndRestore` (`output_dir/backup`): a run killed at any point
+      (even by SIGKILL) resumes at the epoch it reached when started again
+      with the same `output_dir`.
+    - `ModelCheckpoint`s: `best.keras` (by `monitor`) and `last.keras`.
+    - `CSVLogger` (`metrics.csv`, appended on resume) and `TensorBoard`
+      (`logs/`).
+
+    Args:
+        output_dir: str. Folder of the run (created).
+        monitor: str. Metric deciding `best.keras`: e.g. `"val_AP"` with
+            `mode="max"` when `evaluation` logs COCO metrics. Defaults to
+            `"loss"`.
+        mode: `"min"` or `"max"`.
+        evaluation: a callback that adds validation metrics to the logs
+            (e.g. `COCOEvaluationCallback`); it is placed first so the
+            others see its metrics.
+        tensorboard: bool. Defaults to True.
+
+    Returns:
+        list of `keras.callbacks.Callback`.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    callbacks = []
+    if evaluation is not None:
+        callbacks.append(evaluation)
+    callbacks += [
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(output_dir, "best.keras"), monitor=monitor, mode=mode, save_best_only=True
+        ),
+        keras.callbacks.ModelCheckpoint(os.path.join(output_dir, "last.keras")),
+        keras.callbacks.CSVLogger(os.path.join(output_dir, "metrics.csv"), append=True),
+    ]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
+    return callbacks
