@@ -152,7 +152,7 @@ def train(args):
         monitor="val_AP" if evaluation is not None else "loss",
         mode="max" if evaluation is not None else "min",
         evaluation=evaluation,
-        tensorboard=keras.backend.backend() == "tensorflow" or _has_tensorflow(),
+        tensorboard=_has_tensorboard(),
     )
     with open(os.path.join(output_dir, "classes.json"), "w") as file:
         json.dump({"class_names": info.class_names, "category_ids": info.category_ids}, file)
@@ -160,16 +160,19 @@ def train(args):
                 args.preset, info.source or args.dataset, info.num_classes, args.image_size,
                 args.batch_size, steps, args.epochs, rate)
     history = model.fit(train_ds.repeat(), epochs=args.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=args.verbose)
+                        callbacks=callbacks, verbose=args.verbose, shuffle=False)
     metrics = kc.evaluation.coco_evaluate(model, val_ds, info=val_info, verbose=min(args.verbose, 1))
     logger.info("COCO metrics: %s", _format_metrics(metrics))
     return model, history, metrics, output_dir
 
 
-def _has_tensorflow():
+def _has_tensorboard():
+    """TensorBoard logs need TensorFlow's summary ops and the tensorboard package."""
     try:
+        import tensorboard  # noqa: F401
         import tensorflow  # noqa: F401
     except ImportError:
+        logger.warning("TensorBoard logs are off: tensorflow and tensorboard are not both installed.")
         return False
     return True
 
@@ -201,7 +204,7 @@ def run_evaluate(args):
     import keras_centernet as kc
 
     model = _load_model(args.model)
-    model.set_test_time_augmentation(flip=args.flip, scales=_parse_floats(args.scales))
+    model.configure_prediction(flip_test=args.flip, test_scales=_parse_floats(args.scales))
     dataset, info = make_dataset(args, training=False)
     metrics = kc.evaluation.coco_evaluate(model, dataset, info=info, verbose=args.verbose)
     print(json.dumps(metrics, indent=2))
@@ -218,7 +221,7 @@ def run_predict(args):
     from keras_centernet.data import to_original_boxes
 
     model = _load_model(args.model)
-    model.set_test_time_augmentation(flip=args.flip, scales=_parse_floats(args.scales))
+    model.configure_prediction(flip_test=args.flip, test_scales=_parse_floats(args.scales))
     class_names = _class_names(args)
     os.makedirs(args.output_dir, exist_ok=True)
     results = []

@@ -36,7 +36,7 @@ def coco_evaluate(model, dataset, info=None, max_detections=100, steps=None, ver
     `image_id` and `transform` (the map from original to input pixels).
     Predictions are mapped back to original image pixels and to the ground
     truth's category ids, as the official evaluation does. Test-time
-    augmentation is the model's (`model.set_test_time_augmentation`).
+    augmentation is the model's (`model.configure_prediction`).
 
     Args:
         model: a `CenterNet` (any model whose `predict_on_batch` returns

@@ -1,0 +1,116 @@
+"""The `centernet` command: train -> evaluate -> predict on the synthetic set, and convert."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_centernet as kc
+from keras_centernet import cli
+from tests.official_fixtures import load_outputs
+from tests.official_fixtures import nhwc
+from tests.official_fixtures import rule_state_dict
+from tests.official_fixtures import to_rgb_pixels
+from tests.test_case import to_numpy
+
+TINY = ["--image-size", "64", "--num-images", "8", "--num-val-images", "4", "--batch-size", "4"]
+
+
+def test_version_and_help(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == kc.__version__
+    for command in ("demo", "train", "evaluate", "predict", "convert"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: centernet " + command in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One tiny training run on the synthetic set, with COCO evaluation every epoch."""
+    output = str(tmp_path_factory.mktemp("run"))
+    code = cli.main(
+        ["train", "--preset", "resnet18", *TINY, "--epochs", "2", "--eval-every", "1",
+         "--output-dir", output, "--verbose", "0"]
+    )
+    assert code == 0
+    return output
+
+
+def test_train_writes_checkpoints_metrics_and_classes(trained_run):
+    for name in ("best.keras", "last.keras", "metrics.csv", "classes.json"):
+        assert os.path.exists(os.path.join(trained_run, name)), name
+    with open(os.path.join(trained_run, "metrics.csv")) as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 2
+    for column in ("loss", "heatmap_loss", "size_loss", "offset_loss", "val_AP", "val_AP50"):
+        assert column in rows[0], sorted(rows[0])
+        assert np.isfinite(float(rows[-1][column]))
+    with open(os.path.join(trained_run, "classes.json")) as file:
+        classes = json.load(file)
+    assert classes["class_names"] == ["rectangle", "ellipse", "triangle", "ring", "cross"]
+    # The interrupted-run guard: the backup is removed after a finished run.
+    assert not os.path.exists(os.path.join(trained_run, "backup"))
+
+
+def test_evaluate_with_test_time_augmentation(trained_run, tmp_path):
+    output = str(tmp_path / "metrics.json")
+    code = cli.main(
+        ["evaluate", os.path.join(trained_run, "last.keras"), *TINY, "--flip",
+         "--scales", "0.75,1", "--output", output, "--verbose", "0"]
+    )
+    assert code == 0
+    with open(output) as file:
+        metrics = json.load(file)
+    assert set(metrics) >= {"AP", "AP50", "AP75", "AR100"}
+    assert all(-1.0 <= value <= 1.0 for value in metrics.values())
+
+
+def test_predict_draws_and_writes_json(trained_run, tmp_path):
+    from PIL import Image
+
+    image_path = str(tmp_path / "scene.png")
+    pixels = np.full((48, 80, 3), 120, np.uint8)
+    pixels[10:30, 20:50] = (230, 40, 40)
+    Image.fromarray(pixels).save(image_path)
+    output = str(tmp_path / "predictions")
+    code = cli.main(
+        ["predict", os.path.join(trained_run, "last.keras"), image_path, "--image-size", "64",
+         "--score-threshold", "0.0", "--output-dir", output]
+    )
+    assert code == 0
+    drawn = np.asarray(Image.open(os.path.join(output, "scene.png")))
+    assert drawn.shape == (48, 80, 3)
+    with open(os.path.join(output, "detections.json")) as file:
+        results = json.load(file)
+    detections = results[0]["detections"]
+    assert results[0]["image"] == image_path
+    assert len(detections) > 0
+    assert {"box_xyxy", "score", "label", "class_name"} <= set(detections[0])
+    # Boxes are in the original image's pixels (80x48), not the 64x64 input's.
+    scores = [d["score"] for d in detections]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_convert_writes_an_equal_keras_model(tmp_path):
+    checkpoint = str(tmp_path / "ctdet_resdcn18.npz")
+    np.savez(checkpoint, **rule_state_dict("resdcn18"))
+    output = str(tmp_path / "resdcn18.keras")
+    assert cli.main(["convert", checkpoint, "--preset", "resnet18_dcn", "--output", output]) == 0
+    model = keras.saving.load_model(output)
+    assert model.num_classes == 80
+    outputs = load_outputs("resdcn18")
+    raw = to_numpy(model(to_rgb_pixels(outputs["x0_input"])))
+    expected = nhwc(outputs["x0_stack0_hm"])
+    assert np.abs(raw["heatmap"] - expected).max() <= 1e-4 * (expected.max() - expected.min())
+
+
+def test_train_refuses_to_overwrite_an_interrupted_run(tmp_path):
+    os.makedirs(tmp_path / "backup")
+    with pytest.raises(SystemExit, match="--resume"):
+        cli.main(["train", "--preset", "resnet18", *TINY, "--epochs", "1",
+                  "--output-dir", str(tmp_path)])
