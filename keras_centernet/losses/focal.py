@@ -6,12 +6,26 @@ from keras import ops
 PROBABILITY_CLAMP = 1e-4
 
 
-def clamped_sigmoid(logits):
-    """`sigmoid(logits)` clamped to `[1e-4, 1 - 1e-4]`, as the official `_sigmoid`."""
-    return ops.clip(ops.sigmoid(logits), PROBABILITY_CLAMP, 1.0 - PROBABILITY_CLAMP)
+CLAMP_GRADIENTS = ("official", "straight_through")
 
 
-def focal_loss(heatmap_true, heatmap_logits, alpha=2.0, beta=4.0):
+def clamped_sigmoid(logits, clamp_gradient="official"):
+    """`sigmoid(logits)` clamped to `[1e-4, 1 - 1e-4]`, as the official `_sigmoid`.
+
+    `clamp_gradient="official"`: zero gradient outside the range (torch's
+    `clamp`). `"straight_through"`: the same values, but the gradient of the
+    unclamped sigmoid everywhere.
+    """
+    probabilities = ops.sigmoid(logits)
+    clamped = ops.clip(probabilities, PROBABILITY_CLAMP, 1.0 - PROBABILITY_CLAMP)
+    if clamp_gradient == "official":
+        return clamped
+    if clamp_gradient == "straight_through":
+        return probabilities + ops.stop_gradient(clamped - probabilities)
+    raise ValueError(f"`clamp_gradient` must be one of {CLAMP_GRADIENTS}; received {clamp_gradient!r}.")
+
+
+def focal_loss(heatmap_true, heatmap_logits, alpha=2.0, beta=4.0, clamp_gradient="official"):
     """Penalty-reduced focal loss over a batch of heatmaps (the official `_neg_loss`).
 
     With `p = clamp(sigmoid(logits))` and `y` the Gaussian target:
@@ -20,7 +34,11 @@ def focal_loss(heatmap_true, heatmap_logits, alpha=2.0, beta=4.0):
     batch and divided by the number of peaks (pixels equal to 1: objects of
     one class sharing a centre pixel count once, as in the official loss);
     with no object in the batch, the sum of the negative part alone. The
-    clamp has zero gradient outside `[1e-4, 1 - 1e-4]`, as torch's.
+    clamp has zero gradient outside `[1e-4, 1 - 1e-4]`, as torch's: a centre
+    whose logit falls below -9.2 (easily, early in training from scratch at
+    a high learning rate) then gets no gradient and is never learned.
+    `clamp_gradient="straight_through"` keeps the official values but lets
+    the sigmoid's gradient through, so such centres recover.
 
     Args:
         heatmap_true: float tensor `(B, H, W, C)`. Targets in `[0, 1]`, 1 at
@@ -29,6 +47,8 @@ def focal_loss(heatmap_true, heatmap_logits, alpha=2.0, beta=4.0):
             output (before the sigmoid).
         alpha: float. Defaults to 2.
         beta: float. Defaults to 4.
+        clamp_gradient: `"official"` or `"straight_through"`. Defaults to
+            `"official"`.
 
     Returns:
         Scalar float32 tensor.
@@ -44,7 +64,7 @@ def focal_loss(heatmap_true, heatmap_logits, alpha=2.0, beta=4.0):
         "CornerNet", ECCV 2018.
     """
     heatmap_true = ops.cast(heatmap_true, "float32")
-    probabilities = clamped_sigmoid(ops.cast(heatmap_logits, "float32"))
+    probabilities = clamped_sigmoid(ops.cast(heatmap_logits, "float32"), clamp_gradient)
     positives = ops.cast(ops.equal(heatmap_true, 1.0), "float32")
     negatives = 1.0 - positives
     positive_loss = ops.log(probabilities) * ops.power(1.0 - probabilities, alpha) * positives

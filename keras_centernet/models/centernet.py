@@ -7,6 +7,7 @@ from keras_centernet.layers.prediction_head import HEATMAP_PRIOR_BIAS
 from keras_centernet.layers.prediction_head import PredictionHead
 from keras_centernet.layers.preprocessing import ImageNormalization
 from keras_centernet.layers.soft_nms import soft_nms
+from keras_centernet.losses.focal import CLAMP_GRADIENTS
 from keras_centernet.losses.focal import focal_loss
 from keras_centernet.losses.regression import reg_l1_loss
 from keras_centernet.targets.render import render_targets
@@ -109,6 +110,7 @@ class CenterNet(keras.Model):
         score_threshold=0.0,
         flip_test=False,
         test_scales=(1.0,),
+        focal_clamp_gradient="official",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -135,6 +137,11 @@ class CenterNet(keras.Model):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int; received {value!r}.")
         test_scales = _check_test_scales(test_scales)
+        if focal_clamp_gradient not in CLAMP_GRADIENTS:
+            raise ValueError(
+                f"`focal_clamp_gradient` must be one of {CLAMP_GRADIENTS}; "
+                f"received {focal_clamp_gradient!r}."
+            )
 
         # === Layers ===
         self.preprocessor = ImageNormalization(
@@ -174,6 +181,7 @@ class CenterNet(keras.Model):
         self.score_threshold = float(score_threshold)
         self.flip_test = bool(flip_test)
         self.test_scales = test_scales
+        self.focal_clamp_gradient = focal_clamp_gradient
         self.raw_maps = False
 
         # === Loss parts, reported as metrics ===
@@ -247,7 +255,9 @@ class CenterNet(keras.Model):
         stacks = list(y_pred.get("intermediate", [])) + [y_pred]
         heatmap_loss = size_loss = offset_loss = 0.0
         for outputs in stacks:
-            heatmap_loss += focal_loss(targets["heatmap"], outputs["heatmap"])
+            heatmap_loss += focal_loss(
+                targets["heatmap"], outputs["heatmap"], clamp_gradient=self.focal_clamp_gradient
+            )
             size_loss += reg_l1_loss(outputs["size"], targets["indices"], targets["mask"], targets["size"])
             offset_loss += reg_l1_loss(
                 outputs["offset"], targets["indices"], targets["mask"], targets["offset"]
@@ -416,6 +426,7 @@ class CenterNet(keras.Model):
                 "score_threshold": self.score_threshold,
                 "flip_test": self.flip_test,
                 "test_scales": list(self.test_scales),
+                "focal_clamp_gradient": self.focal_clamp_gradient,
             }
         )
         return config

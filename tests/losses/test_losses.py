@@ -131,3 +131,27 @@ def test_focal_loss_gradients_stay_finite():
     assert gradient[0, 3, 3, 0] == pytest.approx(expected, rel=1e-4)
     # Outside the clamp (saturated) the gradient is zero, as torch's clamp.
     assert gradient[1, 2, 2, 0] == 0.0 and gradient[0, 0, 0, 0] == 0.0
+
+
+@pytest.mark.multi_backend
+def test_straight_through_clamp_keeps_values_and_passes_gradients():
+    """A centre pushed below logit -9.2: the official clamp stops its gradient, straight-through does not."""
+    target = np.zeros((1, 3, 3, 1), "float32")
+    target[0, 1, 1, 0] = 1
+    logits = np.full_like(target, -1.0)
+    logits[0, 1, 1, 0] = -20.0
+    official, (official_gradient,) = value_and_grads(lambda z: focal_loss(target, z), logits)
+    through, (through_gradient,) = value_and_grads(
+        lambda z: focal_loss(target, z, clamp_gradient="straight_through"), logits
+    )
+    assert float(through) == pytest.approx(float(official), rel=1e-6)
+    assert official_gradient[0, 1, 1, 0] == 0.0
+    # d/dz of -(1 - p)^2 log(p) at the clamp, with the sigmoid's own derivative p (1 - p).
+    p = 1 / (1 + math.exp(20.0))
+    clamped = 1e-4
+    expected = (2 * (1 - clamped) * math.log(clamped) - (1 - clamped) ** 2 / clamped) * p * (1 - p)
+    assert through_gradient[0, 1, 1, 0] == pytest.approx(expected, rel=1e-3)
+    assert through_gradient[0, 1, 1, 0] < 0
+    np.testing.assert_allclose(through_gradient[0, 0], official_gradient[0, 0], rtol=1e-6)
+    with pytest.raises(ValueError, match="clamp_gradient"):
+        focal_loss(target, logits, clamp_gradient="soft")
