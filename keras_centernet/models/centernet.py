@@ -330,7 +330,18 @@ class CenterNet(keras.Model):
             self.raw_maps = bool(raw_maps)
         self.predict_function = None
 
-    def predict_step(self, data):
+    def predict_step(self, *args):
+        if len(args) == 2:
+            # The JAX trainer's stateless signature: (state, data) -> (outputs, state).
+            (trainable_variables, non_trainable_variables), data = args
+            mapping = list(zip(self.trainable_variables, trainable_variables))
+            mapping += list(zip(self.non_trainable_variables, non_trainable_variables))
+            with keras.StatelessScope(state_mapping=mapping):
+                outputs = self._predict_outputs(data)
+            return outputs, non_trainable_variables
+        return self._predict_outputs(args[0])
+
+    def _predict_outputs(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if self.raw_maps:
             return self(x, training=False)

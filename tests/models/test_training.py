@@ -98,9 +98,11 @@ def test_short_fit_on_every_backend():
     keras.utils.set_random_seed(1)
     images, targets = scene_batch(num_images=2, size=64, max_objects=4)
     model = kc.CenterNet.from_preset("resnet18", num_classes=2, max_objects=4, max_detections=10)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = model.fit(images, targets, batch_size=2, epochs=8, verbose=0)
-    assert history.history["loss"][-1] < history.history["loss"][0]
+    model.compile(optimizer=keras.optimizers.Adam(3e-4))
+    history = model.fit(images, targets, batch_size=2, epochs=10, verbose=0)
+    losses = history.history["loss"]
+    # From scratch, single steps are noisy: the last steps are below the first.
+    assert max(losses[-3:]) < losses[0], losses
     assert set(history.history) >= {"loss", "heatmap_loss", "size_loss", "offset_loss"}
     detections = model.predict(images, verbose=0)
     assert detections["boxes"].shape == (2, 10, 4)
