@@ -1,0 +1,218 @@
+"""Timing helpers shared by the GPU benchmarks (JAX backend).
+
+A benchmark script runs its cases in a worker process that the script starts
+again with `--worker`: the parent watches each case with a time limit, kills
+a worker whose case runs past it (an XLA compilation cannot be interrupted
+from Python), starts a new one on the cases left, and rewrites the results
+table after every case, so that a run cut short still leaves what it measured.
+
+Protocol: the worker prints `@@START <case>` before and `@@RESULT <json>`
+after each case; everything else it prints goes to the log file.
+"""
+
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+START = "@@START "
+RESULT = "@@RESULT "
+
+# The official PyTorch figures of `/work/shared/ANCHORS.md` (one H100, 512 px,
+# random weights): bs1 latency ms (network + decoding), inference img/s at
+# batch 32, training img/s at batch 32 (Adam, targets precomputed), training
+# peak GiB in fp32.
+OFFICIAL = {
+    "resnet18_dcn": {
+        "latency_ms": {"float32": 6.3, "mixed_bfloat16": 7.5},
+        "inference_img_s": {"float32": 2061, "mixed_bfloat16": 2601},
+        "training_img_s": {"float32": 431, "mixed_bfloat16": 482},
+        "training_peak_gib": 7.0,
+    },
+    "dla34": {
+        "latency_ms": {"float32": 16.7, "mixed_bfloat16": 24.4},
+        "inference_img_s": {"float32": 479, "mixed_bfloat16": 529},
+        "training_img_s": {"float32": 94, "mixed_bfloat16": 96},
+        "training_peak_gib": 14.6,
+    },
+    "hourglass104": {
+        "latency_ms": {"float32": 15.8, "mixed_bfloat16": 20.6},
+        "inference_img_s": {"float32": 278, "mixed_bfloat16": 424},
+        "training_img_s": {"float32": 75, "mixed_bfloat16": 124},
+        "training_peak_gib": 38.1,
+    },
+    "resnet101_dcn": {
+        "latency_ms": {"float32": 10.6, "mixed_bfloat16": 13.7},
+        "inference_img_s": {"float32": 675, "mixed_bfloat16": 951},
+        "training_img_s": {"float32": 176, "mixed_bfloat16": 223},
+        "training_peak_gib": 23.7,
+    },
+}
+
+DTYPES = ("float32", "mixed_bfloat16")
+SHORT_DTYPE = {"float32": "fp32", "mixed_bfloat16": "bf16"}
+
+
+def median_ms(fn, sync, warmup=3, repeats=20, min_seconds=0.5, max_repeats=200):
+    """Median wall time of `sync(fn())` in milliseconds, after `warmup` calls."""
+    for _ in range(warmup):
+        sync(fn())
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start_all) < min_seconds:
+        start = time.perf_counter()
+        sync(fn())
+        times.append((time.perf_counter() - start) * 1e3)
+        if len(times) >= max_repeats:
+            break
+    return statistics.median(times)
+
+
+def environment_line():
+    """Device, JAX and Keras versions, for the header of a results file."""
+    import jax
+    import keras
+
+    device = jax.devices()[0]
+    platform_version = " ".join(str(getattr(device.client, "platform_version", "")).split())
+    if platform_version == device.platform:
+        platform_version = ""
+    return (
+        f"Device: {device.device_kind} ({device.platform}"
+        + (f", {platform_version}" if platform_version else "")
+        + f"), JAX {jax.__version__}, Keras {keras.__version__}, "
+        f"Python {sys.version.split()[0]}."
+    )
+
+
+def emit(case, **values):
+    """Worker side: reports the result of one case to the parent."""
+    print(RESULT + json.dumps({"case": case, **values}), flush=True)
+
+
+def start(case):
+    """Worker side: tells the parent that `case` begins (its time limit starts)."""
+    print(START + case, flush=True)
+
+
+def run_cases(worker_command, cases, case_timeout_s, deadline, log_path, on_result,
+              one_worker_per_case=False):
+    """Parent side: runs `cases` in worker processes with a time limit per case.
+
+    Args:
+        worker_command: list of str. The worker's command line; the case
+            names are appended.
+        cases: list of str. Case names, in order.
+        case_timeout_s: float. Limit of one case (compilation included).
+        deadline: float. `time.monotonic()` after which nothing new starts
+            and a running case is stopped.
+        log_path: str. The workers' own output is appended here.
+        on_result: callable(dict). Called with each result; cases that time
+            out or crash get `{"case": ..., "error": ...}`.
+        one_worker_per_case: bool. A fresh process per case (clean memory
+            statistics). Defaults to False.
+    """
+    remaining = list(cases)
+    if os.path.dirname(log_path):
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        while remaining:
+            if time.monotonic() > deadline - 5:
+                for case in remaining:
+                    on_result({"case": case, "error": "not run: time budget of the run spent"})
+                return
+            batch = remaining[:1] if one_worker_per_case else list(remaining)
+            process = subprocess.Popen(
+                worker_command + batch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, bufsize=1, start_new_session=True,
+            )
+            lines = queue.Queue()
+
+            def read(stream=process.stdout):
+                for line in stream:
+                    lines.put(line)
+                lines.put(None)
+
+            threading.Thread(target=read, daemon=True).start()
+            current = None
+            progress = False
+            case_started = time.monotonic()
+            tail = []
+            while True:
+                limit = min(case_started + case_timeout_s, deadline)
+                try:
+                    line = lines.get(timeout=max(0.1, limit - time.monotonic()))
+                except queue.Empty:
+                    line = ""
+                if line is None:  # the worker exited
+                    process.wait()
+                    if current is None and not progress:
+                        # It died before its first case (an import error, say).
+                        current = remaining[0]
+                    if current is not None:
+                        on_result({
+                            "case": current,
+                            "error": f"worker exited with code {process.returncode}: "
+                            + " | ".join(t.strip() for t in tail[-6:]),
+                        })
+                        remaining.remove(current)
+                    break
+                if line == "" and time.monotonic() >= limit:
+                    os.killpg(process.pid, 9)
+                    process.wait()
+                    case = current or remaining[0]
+                    reason = "time limit of the case" if time.monotonic() < deadline else "time budget of the run"
+                    on_result({"case": case, "error": f"stopped after {time.monotonic() - case_started:.0f} s ({reason})"})
+                    remaining.remove(case)
+                    break
+                if not line:
+                    continue
+                log.write(line)
+                log.flush()
+                if line.startswith(START):
+                    current = line[len(START):].strip()
+                    case_started = time.monotonic()
+                    tail = []
+                elif line.startswith(RESULT):
+                    result = json.loads(line[len(RESULT):])
+                    on_result(dict(result))
+                    if result["case"] in remaining:
+                        progress = True
+                        remaining.remove(result["case"])
+                    current = None
+                else:
+                    tail.append(line)
+                    del tail[:-40]
+
+
+def fmt(value, digits=1):
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    return f"{value:.{digits}f}"
+
+
+def ratio(ours, official, digits=2):
+    if ours is None or official is None:
+        return "n/a"
+    return f"{ours / official:.{digits}f}"
+
+
+def table(header, rows):
+    """Markdown table lines from a header list and rows of strings."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def write_text(path, text):
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
