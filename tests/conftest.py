@@ -6,22 +6,6 @@ import pytest
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
-def pytest_addoption(parser):
-    parser.addoption(
-        "--run-slow", action="store_true", default=False,
-        help="also run tests marked `slow`",
-    )
-
-
-def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-slow"):
-        return
-    marker = pytest.mark.skip(reason="slow test: opt in with --run-slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(marker)
-
-
 @pytest.fixture(autouse=True)
 def _reset_keras_state():
     import keras

@@ -7,12 +7,11 @@ so official checkpoints load by name with `keras_centernet.convert`.
 
 import keras
 
+from keras_centernet.layers.official_layers import GraphBuilder
+from keras_centernet.layers.official_layers import batch_normalization
 from keras_centernet.convert.official import official_name
 from keras_centernet.necks.dla_up import DLAUpNeck
 
-# PyTorch BatchNorm2d: eps 1e-5; momentum 0.1 there is 0.9 here.
-_BN_EPSILON = 1e-5
-_BN_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
@@ -123,33 +122,12 @@ class DLABackbone(keras.Model):
         return cls(**config)
 
 
-class _GraphBuilder:
+class _GraphBuilder(GraphBuilder):
     """Creates DLA's layers, named by official module path, on symbolic tensors."""
 
     def __init__(self, dtype):
-        self.dtype = dtype
+        super().__init__(dtype)
         self.unused_projections = []
-
-    def conv(self, x, name, filters, kernel_size, strides=1):
-        padding = kernel_size // 2
-        if padding:
-            # PyTorch pads symmetrically; Keras' "same" pads 0 before, 1 after
-            # at stride 2 and would shift the sampling grid.
-            x = keras.layers.ZeroPadding2D(
-                padding, dtype=self.dtype, name=official_name(f"{name}.pad")
-            )(x)
-        return keras.layers.Conv2D(
-            filters, kernel_size, strides=strides, use_bias=False,
-            dtype=self.dtype, name=official_name(name),
-        )(x)
-
-    def batch_norm(self, x, name):
-        return keras.layers.BatchNormalization(
-            epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, dtype=self.dtype, name=official_name(name)
-        )(x)
-
-    def relu(self, x, name):
-        return keras.layers.ReLU(dtype=self.dtype, name=official_name(name))(x)
 
     def conv_bn_relu(self, x, name, filters, kernel_size, strides=1, index=0):
         """`nn.Sequential` entries `index`, `index + 1`, `index + 2`: conv (no bias), BN, ReLU."""
@@ -167,18 +145,14 @@ class _GraphBuilder:
         y = self.conv(x, f"{name}.conv1", filters, 3, strides=strides)
         y = self.relu(self.batch_norm(y, f"{name}.bn1"), f"{name}.relu1")
         y = self.batch_norm(self.conv(y, f"{name}.conv2", filters, 3), f"{name}.bn2")
-        y = keras.layers.Add(dtype=self.dtype, name=official_name(f"{name}.add"))([y, residual])
-        return self.relu(y, f"{name}.relu")
+        return self.add_relu([y, residual], f"{name}.add", f"{name}.relu")
 
     def projection_layers(self, name, filters):
         return (
             keras.layers.Conv2D(
                 filters, 1, use_bias=False, dtype=self.dtype, name=official_name(f"{name}.project.0")
             ),
-            keras.layers.BatchNormalization(
-                epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, dtype=self.dtype,
-                name=official_name(f"{name}.project.1"),
-            ),
+            batch_normalization(f"{name}.project.1", self.dtype),
         )
 
     def tree(self, x, name, depth, filters, strides=1, level_root=False, children=None):

@@ -2,11 +2,8 @@
 
 import keras
 
+from keras_centernet.layers.official_layers import GraphBuilder
 from keras_centernet.convert.official import official_name
-
-# The official BatchNorm (PyTorch defaults): eps 1e-5, momentum 0.1 (= 0.9 in Keras).
-_BN_EPSILON = 1e-5
-_BN_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
@@ -163,40 +160,8 @@ def _check_positive_int(name, value):
         raise ValueError(f"`{name}` must be a positive int; received {value!r}.")
 
 
-class _GraphBuilder:
+class _GraphBuilder(GraphBuilder):
     """Creates the hourglass' layers, named by official module path, on symbolic tensors."""
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-
-    def conv(self, x, name, filters, kernel_size, strides=1, use_bias=False):
-        if strides > 1 and kernel_size > 1:
-            # PyTorch pads symmetrically; Keras' "same" pads 0 before, 1 after
-            # at stride 2 and would shift the sampling grid.
-            x = keras.layers.ZeroPadding2D(
-                kernel_size // 2, dtype=self.dtype, name=official_name(f"{name}.pad")
-            )(x)
-            padding = "valid"
-        else:
-            # Stride 1 with odd kernels: "same" is the symmetric padding; the
-            # 1x1 stride-2 skip needs none.
-            padding = "same"
-        return keras.layers.Conv2D(
-            filters, kernel_size, strides=strides, padding=padding,
-            use_bias=use_bias, dtype=self.dtype, name=official_name(name),
-        )(x)
-
-    def batch_norm(self, x, name):
-        return keras.layers.BatchNormalization(
-            epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, dtype=self.dtype, name=official_name(name)
-        )(x)
-
-    def relu(self, x, name):
-        return keras.layers.ReLU(dtype=self.dtype, name=official_name(name))(x)
-
-    def add_relu(self, tensors, add_name, relu_name):
-        x = keras.layers.Add(dtype=self.dtype, name=official_name(add_name))(tensors)
-        return self.relu(x, relu_name)
 
     def conv_bn(self, x, name, filters, strides=1):
         """The official `nn.Sequential(Conv2d 1x1 no bias, BatchNorm2d)` (`.0`, `.1`)."""

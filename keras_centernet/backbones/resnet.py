@@ -7,12 +7,9 @@ name with `keras_centernet.convert`.
 
 import keras
 
-from keras_centernet.convert.official import official_name
+from keras_centernet.layers.official_layers import GraphBuilder
 from keras_centernet.necks.upconv import UpConvNeck
 
-# PyTorch BatchNorm2d: eps 1e-5; momentum 0.1 there is 0.9 here.
-_BN_EPSILON = 1e-5
-_BN_MOMENTUM = 0.9
 
 # depth -> (block, blocks per stage), as the official `resnet_spec`.
 RESNET_SPECS = {
@@ -69,7 +66,7 @@ class ResNetBackbone(keras.Model):
         if not isinstance(depth, int) or isinstance(depth, bool) or depth not in RESNET_SPECS:
             raise ValueError(f"`depth` must be one of {sorted(RESNET_SPECS)}; received {depth!r}.")
         block, blocks = RESNET_SPECS[depth]
-        self._layer_dtype = dtype
+        self._builder = GraphBuilder(dtype)
 
         # === Functional Model ===
         images = keras.Input((None, None, 3), name="images")
@@ -101,31 +98,15 @@ class ResNetBackbone(keras.Model):
             self.dtype_policy = keras.dtype_policies.get(dtype)
         self.depth = depth
 
+    # The official argument order of `conv3x3(in, out, stride)`, on the shared builder.
     def _conv(self, x, filters, kernel_size, strides, name):
-        if strides > 1 and kernel_size > 1:
-            # PyTorch pads symmetrically (kernel_size // 2); Keras' "same"
-            # pads 0 before, 1 after at stride 2 and would shift the grid.
-            x = keras.layers.ZeroPadding2D(
-                kernel_size // 2, dtype=self._layer_dtype, name=official_name(f"{name}.pad")
-            )(x)
-            padding = "valid"
-        else:
-            # Stride 1 with odd kernels: "same" is the symmetric padding; the
-            # 1x1 stride-2 projection needs none.
-            padding = "same"
-        return keras.layers.Conv2D(
-            filters, kernel_size, strides=strides, padding=padding, use_bias=False,
-            dtype=self._layer_dtype, name=official_name(name),
-        )(x)
+        return self._builder.conv(x, name, filters, kernel_size, strides)
 
     def _batch_norm(self, x, name):
-        return keras.layers.BatchNormalization(
-            epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, dtype=self._layer_dtype,
-            name=official_name(name),
-        )(x)
+        return self._builder.batch_norm(x, name)
 
     def _relu(self, x, name):
-        return keras.layers.ReLU(dtype=self._layer_dtype, name=official_name(name))(x)
+        return self._builder.relu(x, name)
 
     def _shortcut(self, x, channels_in, channels_out, stride, name):
         if stride == 1 and channels_in == channels_out:
@@ -138,8 +119,7 @@ class ResNetBackbone(keras.Model):
         y = self._conv(x, planes, 3, stride, f"{name}.conv1")
         y = self._relu(self._batch_norm(y, f"{name}.bn1"), f"{name}.relu1")
         y = self._batch_norm(self._conv(y, planes, 3, 1, f"{name}.conv2"), f"{name}.bn2")
-        y = keras.layers.Add(dtype=self._layer_dtype, name=official_name(f"{name}.add"))([y, shortcut])
-        return self._relu(y, f"{name}.relu")
+        return self._builder.add_relu([y, shortcut], f"{name}.add", f"{name}.relu")
 
     def _bottleneck(self, x, channels_in, planes, stride, name):
         shortcut = self._shortcut(x, channels_in, planes * 4, stride, name)
@@ -148,8 +128,7 @@ class ResNetBackbone(keras.Model):
         y = self._relu(self._batch_norm(self._conv(y, planes, 3, stride, f"{name}.conv2"), f"{name}.bn2"),
                        f"{name}.relu2")
         y = self._batch_norm(self._conv(y, planes * 4, 1, 1, f"{name}.conv3"), f"{name}.bn3")
-        y = keras.layers.Add(dtype=self._layer_dtype, name=official_name(f"{name}.add"))([y, shortcut])
-        return self._relu(y, f"{name}.relu")
+        return self._builder.add_relu([y, shortcut], f"{name}.add", f"{name}.relu")
 
     def get_config(self):
         return {

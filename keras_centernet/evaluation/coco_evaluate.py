@@ -21,13 +21,6 @@ def _dataset_info(dataset, info):
     return info
 
 
-def _to_original_boxes(boxes, transform):
-    """Input-pixel `xyxy` boxes -> original-image pixels through the inverse of `transform` (B, 2, 3)."""
-    from keras_centernet.data.boxes import to_original_boxes
-
-    return to_original_boxes(boxes, transform)
-
-
 def coco_evaluate(model, dataset, info=None, max_detections=100, steps=None, verbose=1):
     """COCO box metrics (pycocotools) of `model` on an evaluation dataset.
 
@@ -61,6 +54,9 @@ def coco_evaluate(model, dataset, info=None, max_detections=100, steps=None, ver
     >>> metrics = kc.evaluation.coco_evaluate(model, ds)
     >>> metrics["AP"]
     """
+    # TensorFlow-only module (data/): imported when evaluating, not with the package.
+    from keras_centernet.data.boxes import to_original_boxes
+
     info = _dataset_info(dataset, info)
     evaluator = COCOEvaluator(
         info.ground_truth,
@@ -81,7 +77,7 @@ def coco_evaluate(model, dataset, info=None, max_detections=100, steps=None, ver
                 )
         detections = model.predict_on_batch(images)
         detections = {k: keras.ops.convert_to_numpy(v) for k, v in detections.items()}
-        boxes = _to_original_boxes(detections["boxes"], np.asarray(targets["transform"]))
+        boxes = to_original_boxes(detections["boxes"], np.asarray(targets["transform"]))
         evaluator.update(
             np.asarray(targets["image_id"]),
             boxes,

@@ -5,11 +5,10 @@ from keras import ops
 
 from keras_centernet.convert.official import official_name
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
+from keras_centernet.layers.official_layers import batch_normalization
 from keras_centernet.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 
 # PyTorch BatchNorm2d: eps 1e-5; momentum 0.1 there is 0.9 here.
-_BN_EPSILON = 1e-5
-_BN_MOMENTUM = 0.9
 
 
 def _check_channels(name, values):
@@ -88,9 +87,7 @@ class IDAUp(keras.layers.Layer):
             self.node_norms.append(self._batch_norm(f"{prefix}.actf.0"))
 
     def _batch_norm(self, path):
-        return keras.layers.BatchNormalization(
-            epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, dtype=self.dtype_policy, name=official_name(path)
-        )
+        return batch_normalization(path, self.dtype_policy)
 
     def build(self, input_shape):
         shape = (None, None, None, self.filters)

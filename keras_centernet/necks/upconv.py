@@ -6,11 +6,10 @@ import keras
 
 from keras_centernet.convert.official import official_name
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
+from keras_centernet.layers.official_layers import batch_normalization
 from keras_centernet.layers.depthwise_conv2d_transpose import bilinear_kernel
 
 # PyTorch BatchNorm2d: eps 1e-5; momentum 0.1 there is 0.9 here.
-_BN_EPSILON = 1e-5
-_BN_MOMENTUM = 0.9
 
 # Transposed-convolution kernel -> the official (padding, output_padding) of
 # `_get_deconv_cfg`; each doubles the size exactly.
@@ -172,10 +171,7 @@ class UpConvNeck(keras.layers.Layer):
         ]
 
     def _batch_norm(self, path):
-        return keras.layers.BatchNormalization(
-            epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, dtype=self.dtype_policy,
-            name=official_name(path),
-        )
+        return batch_normalization(path, self.dtype_policy)
 
     def _relu(self, path):
         return keras.layers.ReLU(dtype=self.dtype_policy, name=official_name(path))

@@ -1,6 +1,5 @@
 """The CenterNet model shell: presets, stacks, input checks, round trips."""
 
-import keras
 import numpy as np
 import pytest
 
