@@ -1,0 +1,418 @@
+"""`export_model`: a CenterNet to a SavedModel, a TFLite (LiteRT) flat buffer or an ONNX file.
+
+TensorFlow-only code (DESIGN.md, principle 1): the model is traced with
+`tf.function` under the TensorFlow backend and converted with TensorFlow's
+TFLite converter or `tf2onnx`.
+"""
+
+import glob
+import logging
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_centernet.export.serving import detection_function
+from keras_centernet.export.serving import encoded_image_function
+from keras_centernet.export.serving import raw_maps_function
+from keras_centernet.export.serving import with_input_check
+
+FORMATS = ("saved_model", "tflite", "onnx")
+QUANTIZATIONS = (None, "float16", "int8")
+FILE_NAMES = {
+    ("tflite", None): "model.tflite",
+    ("tflite", "float16"): "model_float16.tflite",
+    ("tflite", "int8"): "model_int8.tflite",
+    ("onnx", None): "model.onnx",
+}
+SIGNATURES = ("serving_default", "serving_encoded_images", "serving_raw_maps")
+DEFAULT_ONNX_OPSET = 17
+
+logger = logging.getLogger(__name__)
+
+
+def default_export_dir(model):
+    """`saved_models/<preset>/`: the preset's name (`model.preset`) or else the model's."""
+    return os.path.join("saved_models", getattr(model, "preset", None) or model.name)
+
+
+def export_model(
+    model,
+    path=None,
+    format="saved_model",
+    input_size=(512, 512),
+    quantization=None,
+    representative_dataset=None,
+    num_calibration_images=32,
+    batch_size=None,
+    opset=DEFAULT_ONNX_OPSET,
+):
+    """Exports a CenterNet with its decoding inside, for serving and mobile.
+
+    Every artifact takes float32 RGB images with values 0..255 (normalised
+    inside, as the Keras model) and returns DESIGN.md's detection dict
+    `{"boxes" (B, K, 4) xyxy input pixels, "scores" (B, K), "labels" (B, K)
+    int32, "num_detections" (B,) int32}`, decoded as `model.predict` does
+    (with the model's `score_threshold`, `max_detections` and test-time
+    augmentation).
+
+    - `"saved_model"`: a folder with three signatures. `serving_default`
+      takes `images` `(B, H, W, 3)` float32; `serving_encoded_images` takes
+      `encoded` `(B,)` strings (JPEG or PNG bytes of any size), letterboxes
+      each into `input_size` inside the graph and returns boxes in the
+      original image's pixels; `serving_raw_maps` returns the last stack's
+      `heatmap` logits, `size` and `offset` maps. With `input_size=None`
+      the float signatures take any height and width that are multiples
+      of `model.size_divisor` (checked in the graph) and there is no
+      encoded-image signature.
+    - `"tflite"`: one flat buffer of the fixed shape `(batch_size, H, W,
+      3)` with the detection signature, built-in TFLite ops only (no Flex
+      ops; the deformable convolution lowers to GATHER, FLOOR, MUL).
+      `quantization="float16"` stores float16 weights;
+      `quantization="int8"` is full-integer post-training quantisation
+      calibrated on `representative_dataset` (float input and outputs
+      kept; decoding ops without int8 kernels stay float).
+    - `"onnx"`: one ONNX file (through `tf2onnx`, opset `opset`) with
+      input `images` and the four detection outputs, for ONNX Runtime.
+
+    Args:
+        model: a built `keras_centernet.CenterNet`.
+        path: str. A folder (the artifact gets a standard name inside:
+            `model.tflite`, `model_float16.tflite`, `model_int8.tflite`,
+            `model.onnx`; a SavedModel is written into the folder itself)
+            or a file name ending in `.tflite` / `.onnx`. Defaults to
+            `saved_models/<preset>/`.
+        format: `"saved_model"`, `"tflite"` or `"onnx"`. Defaults to
+            `"saved_model"`.
+        input_size: `(height, width)`, multiples of `model.size_divisor`,
+            or `None` (dynamic; SavedModel and ONNX only). Defaults to
+            `(512, 512)`.
+        quantization: `None`, `"float16"` or `"int8"` (TFLite only).
+            Defaults to `None`.
+        representative_dataset: the int8 calibration images: a
+            `tf.data.Dataset`, an iterable, or a callable returning one,
+            of images `(H, W, 3)` / `(N, H, W, 3)` or `(images, targets)`
+            batches. Defaults to `num_calibration_images` images of
+            `kc.data.synthetic`.
+        num_calibration_images: int. Calibration images taken. Defaults
+            to 32.
+        batch_size: int or `None`. The batch dimension of the artifact:
+            `None` is dynamic for SavedModel and ONNX and 1 for TFLite.
+            Defaults to `None`.
+        opset: int. ONNX opset. Defaults to 17.
+
+    Returns:
+        str: the path of the artifact (a folder for a SavedModel, a file
+        otherwise).
+
+    Example:
+
+    >>> model = kc.CenterNet.from_preset("resnet18_dcn", num_classes=80)
+    >>> path = export_model(model, "saved_models/resnet18_dcn", format="tflite",
+    ...                     input_size=(512, 512), quantization="int8")
+    >>> interpreter = tf.lite.Interpreter(model_path=path)
+    >>> detect = interpreter.get_signature_runner()
+    >>> detections = detect(images=np.zeros((1, 512, 512, 3), "float32"))
+    """
+    if format not in FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; choose one of {FORMATS}.")
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"Unknown quantization {quantization!r}; choose one of {QUANTIZATIONS}."
+        )
+    if quantization is not None and format != "tflite":
+        raise ValueError(
+            f"Quantization {quantization!r} is for TFLite only; the {format!r} export "
+            "keeps float32 (use quantization=None)."
+        )
+    _check_model(model)
+    input_size = _check_input_size(model, input_size, format)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be a positive int or None; received {batch_size!r}.")
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "Export traces the model with TensorFlow: set KERAS_BACKEND=tensorflow "
+            f"(the backend is {keras.backend.backend()!r})."
+        )
+    path = _artifact_path(model, path, format, quantization)
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    if format == "saved_model":
+        _export_saved_model(model, path, input_size, batch_size)
+    elif format == "tflite":
+        _export_tflite(model, path, input_size, batch_size or 1, quantization,
+                       representative_dataset, num_calibration_images)
+    else:
+        _export_onnx(model, path, input_size, batch_size, opset)
+    return path
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model) or not getattr(model, "built", False) or not model.weights:
+        raise ValueError(
+            "The model must be a built CenterNet (its weights created, e.g. by "
+            "`CenterNet.from_preset(...)`, `keras.saving.load_model` or calling it on a "
+            f"batch of images); received {type(model).__name__} that was never built."
+            if isinstance(model, keras.Model) else
+            f"`model` must be a keras_centernet.CenterNet; received {type(model).__name__}."
+        )
+    if not hasattr(model, "detect") or not hasattr(model, "size_divisor"):
+        raise ValueError(
+            f"`model` must be a keras_centernet.CenterNet; received {type(model).__name__}."
+        )
+
+
+def _check_input_size(model, input_size, format):
+    if input_size is None:
+        if format == "tflite":
+            raise ValueError(
+                "A TFLite model has a fixed input size: pass `input_size=(height, width)`, "
+                f"multiples of {model.size_divisor}."
+            )
+        return None
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    input_size = tuple(input_size)
+    if len(input_size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in input_size):
+        raise ValueError(
+            f"`input_size` must be (height, width), two positive ints; received {input_size!r}."
+        )
+    divisor = model.size_divisor
+    if any(s % divisor for s in input_size):
+        raise ValueError(
+            f"`input_size` {input_size} is not a multiple of {divisor}, the stride of this "
+            f"model (`model.size_divisor`); use e.g. "
+            f"{tuple(max(divisor, round(s / divisor) * divisor) for s in input_size)}."
+        )
+    return tuple(int(s) for s in input_size)
+
+
+def _artifact_path(model, path, format, quantization):
+    path = os.fspath(path) if path is not None else default_export_dir(model)
+    if format == "saved_model":
+        return path
+    name = FILE_NAMES[(format, quantization)]
+    if path.endswith("." + format):
+        return path
+    return os.path.join(path, name)
+
+
+def _image_spec(input_size, batch_size):
+    height, width = input_size if input_size is not None else (None, None)
+    return tf.TensorSpec((batch_size, height, width, 3), tf.float32, name="images")
+
+
+def _export_saved_model(model, path, input_size, batch_size):
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    image_spec = _image_spec(input_size, batch_size)
+    divisor = model.size_divisor
+    detect = with_input_check(detection_function(model), input_size, divisor, "serving_default")
+    raw_maps = with_input_check(raw_maps_function(model), input_size, divisor, "serving_raw_maps")
+    archive.add_endpoint("serving_default", detect, input_signature=[image_spec])
+    if input_size is not None:
+        archive.add_endpoint(
+            "serving_encoded_images",
+            encoded_image_function(model, input_size),
+            input_signature=[tf.TensorSpec((batch_size,), tf.string, name="encoded")],
+        )
+    archive.add_endpoint("serving_raw_maps", raw_maps, input_signature=[image_spec])
+    archive.write_out(path, verbose=False)
+
+
+def _export_tflite(model, path, input_size, batch_size, quantization,
+                   representative_dataset, num_calibration_images):
+    # Through a SavedModel of the one fixed-shape signature, as Keras' own
+    # LiteRT export: the converter freezes the variables and keeps the
+    # signature's input and output names.
+    with tempfile.TemporaryDirectory() as folder:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serving_default", detection_function(model),
+            input_signature=[_image_spec(input_size, batch_size)],
+        )
+        archive.write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serving_default"])
+        flat_buffer = _convert(converter, quantization, representative_dataset, input_size,
+                               batch_size, num_calibration_images)
+    flex = [name for name in tflite_op_names(flat_buffer) if name.startswith("Flex")]
+    if flex:
+        raise RuntimeError(f"The TFLite model needs Flex ops {flex}: not built-in only.")
+    with open(path, "wb") as file:
+        file.write(flat_buffer)
+
+
+def _convert(converter, quantization, representative_dataset, input_size, batch_size,
+             num_calibration_images):
+    # Built-in ops only: a graph that needs a Flex (TensorFlow) op fails here.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        # int8 kernels where they exist; the decoding's top-K, gathers and
+        # comparisons fall back to float built-ins.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+        images = list(_calibration_batches(
+            representative_dataset, input_size, batch_size, num_calibration_images
+        ))
+        converter.representative_dataset = lambda: ([batch] for batch in images)
+    return converter.convert()
+
+
+def _calibration_batches(representative_dataset, input_size, batch_size, num_images):
+    """Float32 batches `(batch_size, H, W, 3)` of calibration images."""
+    if representative_dataset is None:
+        from keras_centernet.data import synthetic
+
+        representative_dataset = synthetic(
+            num_images=num_images, image_size=input_size, batch_size=1, training=False, seed=0
+        )
+    source = representative_dataset() if callable(representative_dataset) else representative_dataset
+    expected = tuple(input_size) + (3,)
+    pending, taken = [], 0
+    for element in source:
+        images = element[0] if isinstance(element, (tuple, list)) else element
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(
+                f"Calibration images must have shape (N, {expected[0]}, {expected[1]}, 3) "
+                f"(the export's input size); received shape {images.shape}."
+            )
+        for image in images:
+            if taken >= num_images:
+                break
+            pending.append(image)
+            taken += 1
+            if len(pending) == batch_size:
+                yield np.stack(pending)
+                pending = []
+        if taken >= num_images:
+            break
+    if taken == 0:
+        raise ValueError("The representative dataset gave no images.")
+
+
+def tflite_op_names(model):
+    """Sorted names of the operators of a TFLite model (path or flat buffer bytes)."""
+    if isinstance(model, (bytes, bytearray)):
+        interpreter = tf.lite.Interpreter(model_content=bytes(model))
+    else:
+        interpreter = tf.lite.Interpreter(model_path=os.fspath(model))
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def _export_onnx(model, path, input_size, batch_size, opset):
+    try:
+        import tf2onnx
+    except ImportError as error:
+        raise ImportError(
+            "ONNX export needs tf2onnx and onnx: pip install 'keras-centernet[export]'."
+        ) from error
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+    spec = _image_spec(input_size, batch_size)
+    detect = detection_function(model)
+    if input_size is None:
+        detect = with_input_check(detect, None, model.size_divisor, "images")
+    function = tf.function(detect, autograph=False)
+    # tf2onnx still uses NumPy 1 names; Keras' own ONNX export patches them the same way.
+    patch_tf2onnx()
+    with tempfile.TemporaryDirectory():
+        model_proto, _ = tf2onnx.convert.from_function(
+            function, input_signature=[spec], opset=opset, output_path=None
+        )
+    _rename_onnx_outputs(model_proto, function.get_concrete_function(spec))
+    with open(path, "wb") as file:
+        file.write(model_proto.SerializeToString())
+
+
+def _rename_onnx_outputs(model_proto, concrete):
+    """Names the ONNX outputs after the detection dict's keys (tf2onnx keeps graph names)."""
+    flat_names = [tensor.name for tensor in concrete.outputs]
+    structured = concrete.structured_outputs
+    keys = sorted(structured)
+    by_tensor = {}
+    for key in keys:
+        by_tensor[structured[key].name] = key
+    renames = {}
+    for output in model_proto.graph.output:
+        if output.name in by_tensor:
+            renames[output.name] = by_tensor[output.name]
+    del flat_names
+    for output in model_proto.graph.output:
+        if output.name in renames:
+            new = renames[output.name]
+            for node in model_proto.graph.node:
+                node.output[:] = [new if o == output.name else o for o in node.output]
+                node.input[:] = [new if i == output.name else i for i in node.input]
+            output.name = new
+
+
+def add_cli_arguments(parser):
+    """Adds the arguments of `centernet export` to an `argparse` parser."""
+    parser.add_argument("model", help="a trained model (.keras file) or a preset name (random weights)")
+    parser.add_argument("--format", choices=FORMATS, default="saved_model")
+    parser.add_argument("--input-size", type=int, nargs="+", default=[512, 512],
+                        metavar="SIZE", help="height [width], multiples of the model's stride")
+    parser.add_argument("--quantization", choices=["none", "float16", "int8"], default="none",
+                        help="TFLite only")
+    parser.add_argument("--calibration-images", default=None,
+                        help="folder of JPEG/PNG images for int8 calibration (default: synthetic)")
+    parser.add_argument("--num-calibration-images", type=int, default=32)
+    parser.add_argument("--num-classes", type=int, default=80, help="classes of a preset model")
+    parser.add_argument("--output", default=None, help="folder or file (default: saved_models/<preset>/)")
+    return parser
+
+
+def run_cli(args):
+    """Runs `centernet export` with the parsed `args`; returns the artifact's path."""
+    from keras_centernet.models import CenterNet
+
+    if os.path.exists(args.model):
+        model = keras.saving.load_model(args.model)
+        default_name = os.path.splitext(os.path.basename(args.model))[0]
+    else:
+        model = CenterNet.from_preset(args.model, num_classes=args.num_classes)
+        default_name = args.model
+    size = args.input_size
+    input_size = (size[0], size[0]) if len(size) == 1 else tuple(size[:2])
+    quantization = None if args.quantization == "none" else args.quantization
+    representative = None
+    if args.calibration_images:
+        representative = _folder_images(args.calibration_images, input_size)
+    output = args.output or os.path.join("saved_models", default_name)
+    return export_model(
+        model, output, format=args.format, input_size=input_size, quantization=quantization,
+        representative_dataset=representative, num_calibration_images=args.num_calibration_images,
+    )
+
+
+def _folder_images(folder, input_size):
+    """Calibration images from a folder: decoded and letterboxed to `input_size`."""
+    from keras_centernet.data.augment import warp_affine
+    from keras_centernet.data.decode import decode_image
+    from keras_centernet.export.serving import letterbox_matrix
+
+    files = sorted(
+        f for pattern in ("*.jpg", "*.jpeg", "*.png", "*.JPG", "*.JPEG", "*.PNG")
+        for f in glob.glob(os.path.join(folder, pattern))
+    )
+    if not files:
+        raise ValueError(f"No JPEG or PNG images in {folder!r}.")
+
+    def images():
+        for name in files:
+            image = decode_image(tf.io.read_file(name))
+            shape = tf.shape(image)
+            yield warp_affine(image, letterbox_matrix(shape[0], shape[1], input_size), input_size).numpy()
+
+    return images
