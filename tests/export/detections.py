@@ -1,0 +1,70 @@
+"""Helpers of the export tests: running each artifact and comparing detection dicts."""
+
+import numpy as np
+
+DETECTION_KEYS = ("boxes", "scores", "labels", "num_detections")
+
+
+def run_tflite(path, images):
+    """Detections of a TFLite model (batch 1) over `images`, one image at a time."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=2)
+    detect = interpreter.get_signature_runner("serving_default")
+    outputs = [detect(images=image[None]) for image in images]
+    return {key: np.concatenate([o[key] for o in outputs]) for key in DETECTION_KEYS}
+
+
+def run_onnx(path, images):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(None, {"images": images})))
+
+
+def match_detections(actual, expected, score_atol, box_atol):
+    """Pairs every detection of `expected` with an equal one of `actual`; returns the worst errors.
+
+    Detections are equal when their labels agree, their scores within
+    `score_atol` and their boxes within `box_atol` pixels. Scores closer
+    than `score_atol` may come in either order, so detections are matched
+    as sets, not by rank; a detection scoring within `score_atol` of the
+    last kept one may have changed places with one just outside the top K,
+    so it need not be found.
+
+    Returns:
+        dict: `score` and `box`, the largest differences of the matched pairs.
+    """
+    worst = {"score": 0.0, "box": 0.0}
+    for b in range(len(expected["scores"])):
+        scores, labels, boxes = (np.asarray(expected[k][b]) for k in ("scores", "labels", "boxes"))
+        other = {k: np.asarray(actual[k][b]) for k in ("scores", "labels", "boxes")}
+        free = np.ones(len(other["scores"]), bool)
+        last = scores[-1]
+        for i in np.argsort(-scores, kind="stable"):
+            if scores[i] <= last + score_atol:
+                continue
+            score_error = np.abs(other["scores"] - scores[i])
+            box_error = np.abs(other["boxes"] - boxes[i]).max(axis=-1)
+            ok = free & (other["labels"] == labels[i]) & (score_error <= score_atol) & (box_error <= box_atol)
+            assert ok.any(), (
+                f"image {b}: no detection like label {labels[i]}, score {scores[i]:.6f}, box {boxes[i]} "
+                f"(nearest score error {score_error.min():.2e}, box error {box_error.min():.3f})"
+            )
+            j = np.flatnonzero(ok)[np.argmin(box_error[ok])]
+            free[j] = False
+            worst["score"] = max(worst["score"], float(score_error[j]))
+            worst["box"] = max(worst["box"], float(box_error[j]))
+    return worst
+
+
+def assert_detection_dict(detections, num_images, max_detections):
+    """Keys, shapes and dtypes of DESIGN.md's detection dict."""
+    assert set(detections) == set(DETECTION_KEYS)
+    assert detections["boxes"].shape == (num_images, max_detections, 4)
+    assert detections["scores"].shape == (num_images, max_detections)
+    assert detections["labels"].shape == (num_images, max_detections)
+    assert detections["num_detections"].shape == (num_images,)
+    assert detections["labels"].dtype == np.int32 and detections["num_detections"].dtype == np.int32
+    assert detections["boxes"].dtype == np.float32 and detections["scores"].dtype == np.float32
