@@ -326,35 +326,35 @@ def _export_onnx(model, path, input_size, batch_size, opset):
     function = tf.function(detect, autograph=False)
     # tf2onnx still uses NumPy 1 names; Keras' own ONNX export patches them the same way.
     patch_tf2onnx()
-    with tempfile.TemporaryDirectory():
-        model_proto, _ = tf2onnx.convert.from_function(
-            function, input_signature=[spec], opset=opset, output_path=None
-        )
-    _rename_onnx_outputs(model_proto, function.get_concrete_function(spec))
+    # tf2onnx names the outputs after the keys of the returned dict.
+    model_proto = _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors=False)
     with open(path, "wb") as file:
         file.write(model_proto.SerializeToString())
 
 
-def _rename_onnx_outputs(model_proto, concrete):
-    """Names the ONNX outputs after the detection dict's keys (tf2onnx keeps graph names)."""
-    flat_names = [tensor.name for tensor in concrete.outputs]
-    structured = concrete.structured_outputs
-    keys = sorted(structured)
-    by_tensor = {}
-    for key in keys:
-        by_tensor[structured[key].name] = key
-    renames = {}
-    for output in model_proto.graph.output:
-        if output.name in by_tensor:
-            renames[output.name] = by_tensor[output.name]
-    del flat_names
-    for output in model_proto.graph.output:
-        if output.name in renames:
-            new = renames[output.name]
-            for node in model_proto.graph.node:
-                node.output[:] = [new if o == output.name else o for o in node.output]
-                node.input[:] = [new if i == output.name else i for i in node.input]
-            output.name = new
+def _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors):
+    """`tf2onnx.convert.from_function`; first without its per-optimiser graph copies.
+
+    Guarding each ONNX graph optimiser against failure, tf2onnx deep-copies
+    the graph, weights included, before every one: over half of the time
+    of a conversion. Without the guard a failing optimiser raises; then the
+    conversion runs again with it.
+    """
+    variable = tf2onnx.constants.ENV_TF2ONNX_CATCH_ERRORS
+    previous = os.environ.get(variable)
+    os.environ[variable] = "TRUE" if catch_errors else "FALSE"
+    try:
+        return tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset)[0]
+    except Exception:
+        if catch_errors:
+            raise
+        logger.warning("An ONNX optimiser failed; converting again with optimiser errors caught.")
+    finally:
+        if previous is None:
+            del os.environ[variable]
+        else:
+            os.environ[variable] = previous
+    return _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors=True)
 
 
 def add_cli_arguments(parser):
