@@ -32,6 +32,28 @@ Training batches (`training=True`): `(images, targets)` with
 Valid objects come first, largest first. The last incomplete batch is
 dropped (as the official loader does).
 
+Training batches with `augment_on="accelerator"` (DESIGN.md, principle 3:
+when two CPU cores cannot warp and colour-jitter as fast as the GPU trains):
+the CPU only decodes and puts each image, unscaled when it fits, at the top
+left of a fixed canvas (`canvas_size`; by default at least 640 a side for the
+file readers, the input size for `synthetic`); the random crop, flip and
+colour augmentation run batched in the model's training step
+(`kc.CenterNet(..., augmentation=kc.layers.BatchAugmentation(image_size))`),
+with the same rules and constants. Batches are `(canvases, targets)` with
+- `canvases`: uint8 `(B, h, w, 4)`: RGB, and an alpha channel that is 255 on
+  the image and 0 on the (black) padding, which tells the model each image's
+  size (the official crop scale and centre range depend on it); a quarter of
+  the bytes of float32 RGB;
+- `targets`: boxes and labels as above, on the canvas.
+They are for `model.fit` of such a model only. Where this differs from the
+official augmentation: nothing for images that fit the canvas (COCO's and
+VOC's do by default); an image larger than the canvas is resized to fit
+first, so it is resampled twice, and its crop border and integer crop
+centres count canvas pixels instead of its own. When more than
+`max_objects` objects are on an image, the largest are kept before the crop
+(after it on the CPU path); boxes that the crop empties get label -1 where
+they are, so valid objects no longer all come first.
+
 Evaluation batches (`training=False`): `(images, targets)`, in file order,
 every image once, with three more keys in `targets`:
 - `targets["image_id"]`: int64 `(B,)`, the ground truth's image id;

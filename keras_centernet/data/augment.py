@@ -32,19 +32,18 @@ import tensorflow as tf
 
 from keras_centernet.data.boxes import transform_boxes
 
-# `np.arange(0.6, 1.4, 0.1)` of the official random crop.
-OFFICIAL_CROP_SCALES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
-# The official COCO PCA of pixel colours (`datasets/dataset/coco.py`). The
-# eigenvector rows are colour channels, given there for BGR images; reversed
-# here to RGB.
-COCO_EIGENVALUES = (0.2141788, 0.01817699, 0.00341571)
-COCO_EIGENVECTORS_RGB = (
-    (-0.56089297, 0.71832671, 0.41158938),
-    (-0.5832747, 0.00994535, -0.81221408),
-    (-0.58752847, -0.69563484, 0.41340352),
-)
-# `cv2.cvtColor(BGR2GRAY)` weights, written for RGB.
-GRAY_WEIGHTS_RGB = (0.299, 0.587, 0.114)
+# The official constants and the pure-math parts of the rules are shared with
+# the batched version on the accelerator (`kc.layers.BatchAugmentation`).
+from keras_centernet.layers.batch_augmentation import COCO_EIGENVALUES  # noqa: F401
+from keras_centernet.layers.batch_augmentation import COCO_EIGENVECTORS_RGB  # noqa: F401
+from keras_centernet.layers.batch_augmentation import GRAY_WEIGHTS_RGB
+from keras_centernet.layers.batch_augmentation import OFFICIAL_CROP_SCALES
+from keras_centernet.layers.batch_augmentation import checked_augmentation_arguments
+from keras_centernet.layers.batch_augmentation import color_coefficients
+from keras_centernet.layers.batch_augmentation import crop_affine
+from keras_centernet.layers.batch_augmentation import lighting_offsets
+from keras_centernet.layers.batch_augmentation import not_rand_crop
+from keras_centernet.layers.batch_augmentation import official_border as shared_official_border
 
 
 class Augmentation:
@@ -97,25 +96,12 @@ class Augmentation:
         color_strength=0.4,
         lighting_std=0.1,
     ):
-        if not 0.0 <= flip_probability <= 1.0:
-            raise ValueError(f"`flip_probability` must be in [0, 1]; received {flip_probability}.")
-        crop_scales = tuple(float(s) for s in crop_scales)
-        if not crop_scales or min(crop_scales) <= 0:
-            raise ValueError(f"`crop_scales` must be positive numbers; received {crop_scales}.")
-        if scale < 0 or shift < 0 or border < 0 or color_strength < 0 or lighting_std < 0:
-            raise ValueError(
-                "`scale`, `shift`, `border`, `color_strength` and `lighting_std` "
-                "must not be negative."
-            )
-        self.random_crop = bool(random_crop)
-        self.crop_scales = crop_scales
-        self.border = int(border)
-        self.scale = float(scale)
-        self.shift = float(shift)
-        self.flip_probability = float(flip_probability)
-        self.color = bool(color)
-        self.color_strength = float(color_strength)
-        self.lighting_std = float(lighting_std)
+        arguments = checked_augmentation_arguments(
+            random_crop, crop_scales, border, scale, shift, flip_probability, color,
+            color_strength, lighting_std,
+        )
+        for name, value in arguments.items():
+            setattr(self, name, value)
 
     def get_config(self):
         return {
@@ -151,27 +137,17 @@ class Augmentation:
             center_x = _random_center(width, self.border, x_seed)
             center_y = _random_center(height, self.border, y_seed)
         else:
-            shifts = tf.random.stateless_normal([3], crop_seed)
-            center_x = width_f / 2.0 + longer * tf.clip_by_value(
-                shifts[0] * self.shift, -2 * self.shift, 2 * self.shift
-            )
-            center_y = height_f / 2.0 + longer * tf.clip_by_value(
-                shifts[1] * self.shift, -2 * self.shift, 2 * self.shift
-            )
-            size = longer * tf.clip_by_value(
-                shifts[2] * self.scale + 1.0, 1.0 - self.scale, 1.0 + self.scale
+            center_x, center_y, size = not_rand_crop(
+                width_f, height_f, longer, tf.unstack(tf.random.stateless_normal([3], crop_seed)),
+                self.scale, self.shift, tf.clip_by_value,
             )
         flipped = tf.random.stateless_uniform([], flip_seed) < self.flip_probability
-        matrix = center_scale_matrix(center_x, center_y, size, output_size)
         # The official code flips the image and mirrors the centre: the same
-        # window, its content mirrored. As one map: x -> W - x, then the crop
-        # around the mirrored centre.
-        flip = tf.stack([tf.stack([-1.0, 0.0, width_f]), tf.constant([0.0, 1.0, 0.0])])
-        flipped_matrix = compose_affine(
-            center_scale_matrix(width_f - center_x, center_y, size, output_size), flip
+        # window, its content mirrored (see `crop_affine`).
+        scale_x, shift_x, scale_y, shift_y = crop_affine(
+            center_x, center_y, size, flipped, output_size, tf.where
         )
-        matrix = tf.where(flipped, flipped_matrix, matrix)
-        return matrix, flipped
+        return _axis_aligned_matrix(scale_x, shift_x, scale_y, shift_y), flipped
 
     def __call__(self, image, boxes, output_size, seed):
         """Augments one image.
@@ -209,11 +185,7 @@ def _random_center(size, border, seed):
 
 def official_border(border, size):
     """The official `_get_border`: halve `border` until `size - b > b`."""
-    size = tf.cast(size, tf.int32)
-    (divisor,) = tf.while_loop(
-        lambda i: size - border // i <= border // i, lambda i: (i * 2,), (tf.constant(1),)
-    )
-    return border // divisor
+    return shared_official_border(border, tf.cast(size, tf.int32), tf.where)
 
 
 def center_scale_matrix(center_x, center_y, size, output_size):
@@ -222,21 +194,13 @@ def center_scale_matrix(center_x, center_y, size, output_size):
     It maps the centre `c` to the output's centre and scales by
     `output_width / s` (the official code scales by the width in both axes).
     """
-    output_height, output_width = output_size
-    factor = float(output_width) / tf.cast(size, tf.float32)
-    return tf.stack(
-        [
-            tf.stack([factor, 0.0, output_width / 2.0 - factor * center_x]),
-            tf.stack([0.0, factor, output_height / 2.0 - factor * center_y]),
-        ]
+    return _axis_aligned_matrix(
+        *crop_affine(center_x, center_y, tf.cast(size, tf.float32), False, output_size, tf.where)
     )
 
 
-def compose_affine(outer, inner):
-    """The 2x3 affine map `outer(inner(p))`."""
-    outer3 = tf.concat([outer, [[0.0, 0.0, 1.0]]], axis=0)
-    inner3 = tf.concat([inner, [[0.0, 0.0, 1.0]]], axis=0)
-    return tf.matmul(outer3, inner3)[:2]
+def _axis_aligned_matrix(scale_x, shift_x, scale_y, shift_y):
+    return tf.stack([tf.stack([scale_x, 0.0, shift_x]), tf.stack([0.0, scale_y, shift_y])])
 
 
 def warp_affine(image, matrix, output_size):
@@ -340,22 +304,19 @@ def apply_color_transform(image, factors, order, lighting):
     factors = tf.cast(factors, tf.float32)
     gray_weights = tf.constant(GRAY_WEIGHTS_RGB, tf.float32)
     gray_mean = tf.tensordot(tf.reduce_mean(image, axis=[0, 1]), gray_weights, 1)
-    alpha, beta, gamma = tf.constant(1.0), tf.constant(0.0), tf.constant(0.0)
-    for step in range(3):
-        operation = order[step]
-        factor = tf.gather(factors, operation)
-        is_contrast = tf.cast(tf.equal(operation, 1), tf.float32)
-        is_saturation = tf.cast(tf.equal(operation, 2), tf.float32)
-        alpha = factor * alpha
-        beta = factor * beta + (1.0 - factor) * is_saturation
-        gamma = factor * gamma + (1.0 - factor) * gray_mean * is_contrast
+    steps = [
+        (
+            tf.gather(factors, order[step]),
+            tf.cast(tf.equal(order[step], 1), tf.float32),
+            tf.cast(tf.equal(order[step], 2), tf.float32),
+        )
+        for step in range(3)
+    ]
+    alpha, beta, gamma = color_coefficients(steps, gray_mean)
     # Rows are input channels: out_c = alpha x_c + beta sum_k w_k x_k.
     color_matrix = alpha * tf.eye(3) + beta * gray_weights[:, None] * tf.ones([1, 3])
-    eigenvectors = tf.constant(COCO_EIGENVECTORS_RGB, tf.float32)
-    eigenvalues = tf.constant(COCO_EIGENVALUES, tf.float32)
-    bias = gamma + 255.0 * tf.linalg.matvec(
-        eigenvectors, eigenvalues * tf.cast(lighting, tf.float32)
-    )
+    lighting = tf.unstack(tf.cast(lighting, tf.float32))
+    bias = gamma + tf.stack(lighting_offsets(lighting))
     pixels = tf.matmul(tf.reshape(image, [-1, 3]), color_matrix) + bias
     return tf.reshape(pixels, tf.shape(image))
 
@@ -413,3 +374,45 @@ def eval_preprocess(image, output_size=None, size_divisor=32):
         out_size[1],
     )
     return padded, matrix
+
+
+def place_on_canvas(image, canvas_size):
+    """Puts an image at the top left of a fixed RGBA canvas, for the augmentation on the accelerator.
+
+    What the CPU does with `augment_on="accelerator"`: the image keeps its
+    pixels when it fits (the official augmentation then runs on exactly the
+    official input); a larger one is resized (bilinear, keeping its aspect,
+    to integer sides) to fit. The alpha channel is 255 on the image and 0 on
+    the padding, which is black, so that `kc.layers.BatchAugmentation` knows
+    the image's size: the official crop depends on it.
+
+    Args:
+        image: uint8 tensor `(H, W, 3)`.
+        canvas_size: `(height, width)`, Python ints.
+
+    Returns:
+        `(canvas uint8 (height, width, 4), matrix (2, 3) float32 original to
+        canvas pixels)`.
+    """
+    canvas_height, canvas_width = canvas_size
+    shape = tf.shape(image)
+    height_f = tf.cast(shape[0], tf.float32)
+    width_f = tf.cast(shape[1], tf.float32)
+    factor = tf.minimum(1.0, tf.minimum(canvas_height / height_f, canvas_width / width_f))
+    new_height = tf.clip_by_value(tf.cast(tf.round(height_f * factor), tf.int32), 1, canvas_height)
+    new_width = tf.clip_by_value(tf.cast(tf.round(width_f * factor), tf.int32), 1, canvas_width)
+
+    def resized():
+        pixels = tf.image.resize(image, tf.stack([new_height, new_width]), method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
+
+    image = tf.cond(factor < 1.0, resized, lambda: tf.cast(image, tf.uint8))
+    alpha = tf.fill(tf.stack([new_height, new_width, 1]), tf.constant(255, tf.uint8))
+    canvas = tf.image.pad_to_bounding_box(
+        tf.concat([image, alpha], axis=-1), 0, 0, canvas_height, canvas_width
+    )
+    scale_x = tf.cast(new_width, tf.float32) / width_f
+    scale_y = tf.cast(new_height, tf.float32) / height_f
+    return tf.ensure_shape(canvas, [canvas_height, canvas_width, 4]), _axis_aligned_matrix(
+        scale_x, 0.0, scale_y, 0.0
+    )

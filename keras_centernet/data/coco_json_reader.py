@@ -263,6 +263,8 @@ def coco_json(
     size_divisor=32,
     apply_exif_orientation=True,
     repeat=False,
+    augment_on="cpu",
+    canvas_size=None,
 ):
     """A detection dataset from a COCO-format folder.
 
@@ -308,6 +310,16 @@ def coco_json(
         apply_exif_orientation: bool. Turn EXIF-rotated JPEGs upright.
             Defaults to True.
         repeat: bool. Repeat passes endlessly (training). Defaults to False.
+        augment_on: `"cpu"` or `"accelerator"`. Where the training
+            augmentation runs. `"accelerator"`: the CPU only decodes and puts
+            each image on a fixed canvas; batches are `(canvases uint8 (B,
+            h, w, 4) RGBA, {"boxes", "labels"} on the canvas)` for a model
+            with `augmentation=kc.layers.BatchAugmentation(image_size)`,
+            which augments them in its training step (see
+            `keras_centernet.data`). Evaluation is the same in both modes.
+            Defaults to `"cpu"`.
+        canvas_size: int, `(height, width)` or None. The canvas of
+            `augment_on="accelerator"`. Defaults to None: `max(image_size, 640)` per side: COCO and VOC images fit unscaled, so the crop is exactly the official one; larger images are resized to fit (then the crop border and the integer crop centres are in canvas pixels).
 
     Returns:
         A `tf.data.Dataset` with `.info` (`DatasetInfo`), `.class_names`,
@@ -365,6 +377,8 @@ def coco_json(
         eval_resize=eval_resize,
         size_divisor=size_divisor,
         repeat=repeat,
+        augment_on=augment_on,
+        canvas_size=canvas_size,
     )
     info = DatasetInfo(
         annotations.class_names,

@@ -32,12 +32,19 @@ import tensorflow as tf
 
 from keras_centernet.data.augment import Augmentation
 from keras_centernet.data.augment import eval_preprocess
+from keras_centernet.data.augment import place_on_canvas
 from keras_centernet.data.boxes import clip_boxes
 from keras_centernet.data.boxes import convert_boxes_format
 from keras_centernet.data.boxes import select_objects
 from keras_centernet.data.boxes import transform_boxes
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+AUGMENT_ON = ("cpu", "accelerator")
+# The longest image side of COCO (640) and VOC (500): canvases of this size
+# hold their images unscaled, so the augmentation on the accelerator crops
+# exactly the official input.
+DEFAULT_CANVAS_SIDE = 640
 
 
 class Source:
@@ -164,6 +171,24 @@ def normalize_image_size(image_size):
     return height, width
 
 
+def resolve_canvas_size(augment_on, canvas_size, image_size, at_input_size=False):
+    """Validates `augment_on` and gives the canvas `(height, width)` of the accelerator mode.
+
+    `canvas_size=None`: the input size for images made at it (the synthetic
+    set), else at least `DEFAULT_CANVAS_SIDE` on each side (COCO and VOC
+    images fit unscaled). None in the `"cpu"` mode.
+    """
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"`augment_on` must be one of {AUGMENT_ON}; received {augment_on!r}.")
+    if augment_on == "cpu":
+        return None
+    if canvas_size is not None:
+        return normalize_image_size(canvas_size)
+    if at_input_size:
+        return tuple(image_size)
+    return tuple(max(side, DEFAULT_CANVAS_SIDE) for side in image_size)
+
+
 def validate_common(batch_size, max_objects, bounding_box_format):
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
@@ -264,6 +289,8 @@ def build_dataset(
     size_divisor=32,
     shuffle=True,
     repeat=False,
+    augment_on="cpu",
+    canvas_size=None,
 ):
     """Builds the batched dataset of a `Source`.
 
@@ -286,10 +313,23 @@ def build_dataset(
         size_divisor: int. See `eval_resize`.
         shuffle: bool. Shuffle the order each pass when training.
         repeat: bool. Repeat passes endlessly (training only).
+        augment_on: `"cpu"` or `"accelerator"`. Where the training
+            augmentation runs: here, or in the model
+            (`kc.layers.BatchAugmentation`); then training batches are
+            uint8 RGBA canvases of `canvas_size` with boxes on them (see
+            `place_on_canvas`). Evaluation is the same in both.
+        canvas_size: `(height, width)` or None. See `resolve_canvas_size`.
 
     Returns:
         A `tf.data.Dataset`.
     """
+    canvas_size = resolve_canvas_size(augment_on, canvas_size, image_size, source.at_input_size)
+    on_accelerator = training and canvas_size is not None
+    if on_accelerator and augmentation is not None:
+        raise ValueError(
+            "With `augment_on='accelerator'` the augmentation is the model's: pass "
+            "`CenterNet(augmentation=kc.layers.BatchAugmentation(...))`, not `augmentation=`."
+        )
     if augmentation is None:
         augmentation = Augmentation()
     output_size = tuple(image_size)
@@ -301,7 +341,10 @@ def build_dataset(
         shape = tf.shape(image)
         boxes = clip_boxes(example["boxes"], shape[0], shape[1])
         labels = example["labels"]
-        if training:
+        if on_accelerator:
+            image, matrix = place_on_canvas(image, canvas_size)
+            boxes = transform_boxes(boxes, matrix)
+        elif training:
             seed_pair = tf.stack([pass_seed, tf.cast(example["index"], tf.int64)])
             image, boxes, matrix = augmentation(image, boxes, output_size, seed_pair)
         else:

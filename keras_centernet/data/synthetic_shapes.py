@@ -311,6 +311,8 @@ def synthetic(
     bounding_box_format="xyxy",
     repeat=False,
     cache=None,
+    augment_on="cpu",
+    canvas_size=None,
 ):
     """The built-in synthetic detection dataset (no download).
 
@@ -351,6 +353,16 @@ def synthetic(
             for 2000 images of 512 px), so that rendering, the slow part, runs
             once and later passes only augment. None caches when that is at
             most 4 GiB. Needs `num_images`. Defaults to None.
+        augment_on: `"cpu"` or `"accelerator"`. Where the training
+            augmentation runs. `"accelerator"`: the CPU only decodes and puts
+            each image on a fixed canvas; batches are `(canvases uint8 (B,
+            h, w, 4) RGBA, {"boxes", "labels"} on the canvas)` for a model
+            with `augmentation=kc.layers.BatchAugmentation(image_size)`,
+            which augments them in its training step (see
+            `keras_centernet.data`). Evaluation is the same in both modes.
+            Defaults to `"cpu"`.
+        canvas_size: int, `(height, width)` or None. The canvas of
+            `augment_on="accelerator"`. Defaults to None: the input size (the images are made at it).
 
     Returns:
         A `tf.data.Dataset` with `.info` (`DatasetInfo`), `.class_names`,
@@ -434,6 +446,8 @@ def synthetic(
         seed=seed,
         bounding_box_format=bounding_box_format,
         repeat=repeat,
+        augment_on=augment_on,
+        canvas_size=canvas_size,
     )
     ground_truth = None
     if num_images is not None:

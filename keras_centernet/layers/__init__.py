@@ -1,5 +1,6 @@
 """Keras layers of CenterNet."""
 
+from keras_centernet.layers.batch_augmentation import BatchAugmentation
 from keras_centernet.layers.decoder import CenterNetDecoder
 from keras_centernet.layers.decoder import decode_detections
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
@@ -10,6 +11,7 @@ from keras_centernet.layers.soft_nms import SoftNMS
 from keras_centernet.layers.soft_nms import soft_nms
 
 __all__ = [
+    "BatchAugmentation",
     "CenterNetDecoder",
     "DeformableConv2D",
     "DepthwiseConv2DTranspose",

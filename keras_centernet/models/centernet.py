@@ -66,6 +66,10 @@ class CenterNet(keras.Model):
         test_scales: tuple of floats. Multi-scale testing in `predict`
             (the paper: `OFFICIAL_TEST_SCALES`, 0.5 to 1.5), merged with the
             official Soft-NMS. Defaults to `(1.0,)`.
+        augmentation: `keras_centernet.layers.BatchAugmentation` or `None`.
+            The official training augmentation run on the accelerator, in
+            training only (for datasets made with `augment_on="accelerator"`,
+            whose boxes are on the canvas). Defaults to `None`.
 
     Training: `model.compile(optimizer=...)` and `model.fit(dataset)` with
     batches `(images, {"boxes": (B, M, 4), "labels": (B, M)})` (boxes in
@@ -111,6 +115,7 @@ class CenterNet(keras.Model):
         flip_test=False,
         test_scales=(1.0,),
         focal_clamp_gradient="official",
+        augmentation=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -182,6 +187,8 @@ class CenterNet(keras.Model):
         self.flip_test = bool(flip_test)
         self.test_scales = test_scales
         self.focal_clamp_gradient = focal_clamp_gradient
+        # A layer (its seed generator is model state); see `call`.
+        self.augmentation = augmentation
         self.raw_maps = False
 
         # === Loss parts, reported as metrics ===
@@ -230,11 +237,23 @@ class CenterNet(keras.Model):
         ]
 
     def call(self, images, training=None):
+        augmented = None
+        if training and self.augmentation is not None:
+            # The augmentation contract: the heads see the augmented images,
+            # and the outputs carry them with their per-image maps (canvas
+            # to input pixels) under "augmentation", so that `compute_loss`
+            # maps `y`'s boxes the same way. Plain data flow: no state
+            # between the two calls, the same under tf.function, JAX's
+            # stateless trainer and torch.
+            augmented = self.augmentation.augment_batch(images)
+            images = augmented["images"]
         stacks = self.forward_stacks(images, training=training, all_stacks=bool(training))
         outputs = dict(stacks[-1])
         if training and self.num_stacks > 1:
             # The loss of a stacked hourglass averages over every stack.
             outputs["intermediate"] = stacks[:-1]
+        if augmented is not None:
+            outputs["augmentation"] = augmented
         return outputs
 
     # === Training ===
@@ -251,6 +270,13 @@ class CenterNet(keras.Model):
             )
         if y_pred is None:
             y_pred = self(x, training=training)
+        augmented = y_pred.get("augmentation")
+        if augmented is not None:
+            # `y`'s boxes are on the canvas `x`: map them as `call` mapped the images.
+            y = self.augmentation.augment_targets(
+                y, augmented["matrix"], ops.shape(x), bounding_box_format=self.bounding_box_format
+            )
+            x = augmented["images"]
         targets = self.render_targets(x, y, y_pred["heatmap"])
         stacks = list(y_pred.get("intermediate", [])) + [y_pred]
         heatmap_loss = size_loss = offset_loss = 0.0
@@ -438,6 +464,8 @@ class CenterNet(keras.Model):
                 "flip_test": self.flip_test,
                 "test_scales": list(self.test_scales),
                 "focal_clamp_gradient": self.focal_clamp_gradient,
+                "augmentation": None if self.augmentation is None
+                else keras.saving.serialize_keras_object(self.augmentation),
             }
         )
         return config
@@ -448,6 +476,8 @@ class CenterNet(keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         if config.get("neck") is not None:
             config["neck"] = keras.saving.deserialize_keras_object(config["neck"])
+        if config.get("augmentation") is not None:
+            config["augmentation"] = keras.saving.deserialize_keras_object(config["augmentation"])
         return cls(**config)
 
     @classmethod

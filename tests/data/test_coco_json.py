@@ -285,3 +285,42 @@ def test_pixels_are_rgb_0_255_float32(tmp_path):
     assert images.dtype == np.float32
     assert images.max() == 255.0 and images.min() == 0.0
     assert isinstance(images, np.ndarray) and tf.is_tensor(tf.constant(images))
+
+
+def test_accelerator_mode_yields_canvases_with_boxes_on_them(tmp_path, capfd):
+    images = {
+        "wide.png": png_bytes(square_image(40, 56, (4, 6, 24, 30))),
+        "missing.jpg": None,
+        "large.png": png_bytes(square_image(100, 80, (10, 20, 50, 60))),
+    }
+    annotations = [(0, 1, [4, 6, 20, 24]), (1, 1, [1, 1, 5, 5]), (2, 1, [10, 20, 40, 40])]
+    images_dir, path = write_coco_folder(tmp_path, images, annotations, [(1, "square")])
+    ds = coco_json(images_dir, path, batch_size=2, image_size=32, seed=0, max_objects=4,
+                   augment_on="accelerator", canvas_size=64)
+    (canvases, targets), = _all(ds)
+    assert canvases.shape == (2, 64, 64, 4) and canvases.dtype == np.uint8
+    # The missing file is skipped, as on the CPU path.
+    assert "missing.jpg" in capfd.readouterr().err
+    by_width = {int((c[..., 3] > 0).any(axis=0).sum()): (c, b, l)
+                for c, b, l in zip(canvases, targets["boxes"], targets["labels"])}
+    # A 56 x 40 image fits: its pixels unscaled at the top left, alpha 255 on it.
+    canvas, boxes, labels = by_width[56]
+    assert (canvas[:40, :56, 3] == 255).all() and (canvas[40:, :, 3] == 0).all()
+    np.testing.assert_array_equal(canvas[6:30, 4:24, 0], 255)
+    np.testing.assert_allclose(boxes[0], [4, 6, 24, 30])
+    np.testing.assert_array_equal(labels, [0, -1, -1, -1])
+    # 80 x 100 is resized by 0.64 to 51 x 64, boxes with it.
+    canvas, boxes, _ = by_width[51]
+    np.testing.assert_allclose(boxes[0], [10 * 0.6375, 20 * 0.64, 50 * 0.6375, 60 * 0.64],
+                               atol=1e-4)
+    np.testing.assert_allclose(_red_extent(canvas), [6, 13, 32, 38], atol=1)
+    with pytest.raises(ValueError, match="augment_on"):
+        coco_json(images_dir, path, augment_on="gpu")
+    with pytest.raises(ValueError, match="BatchAugmentation"):
+        coco_json(images_dir, path, augment_on="accelerator",
+                  augmentation=kc.data.Augmentation())
+    # Evaluation is the same in both modes.
+    plain = _all(coco_json(images_dir, path, batch_size=2, training=False, image_size=32))
+    accelerated = _all(coco_json(images_dir, path, batch_size=2, training=False, image_size=32,
+                                 augment_on="accelerator"))
+    np.testing.assert_array_equal(plain[0][0], accelerated[0][0])
