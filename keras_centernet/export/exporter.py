@@ -27,7 +27,6 @@ FILE_NAMES = {
     ("tflite", "int8"): "model_int8.tflite",
     ("onnx", None): "model.onnx",
 }
-SIGNATURES = ("serving_default", "serving_encoded_images", "serving_raw_maps")
 DEFAULT_ONNX_OPSET = 17
 
 logger = logging.getLogger(__name__)
@@ -150,13 +149,15 @@ def export_model(
 
 
 def _check_model(model):
-    if not isinstance(model, keras.Model) or not getattr(model, "built", False) or not model.weights:
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`model` must be a keras_centernet.CenterNet; received {type(model).__name__}."
+        )
+    if not model.built or not model.weights:
         raise ValueError(
             "The model must be a built CenterNet (its weights created, e.g. by "
             "`CenterNet.from_preset(...)`, `keras.saving.load_model` or calling it on a "
-            f"batch of images); received {type(model).__name__} that was never built."
-            if isinstance(model, keras.Model) else
-            f"`model` must be a keras_centernet.CenterNet; received {type(model).__name__}."
+            f"batch of images); this {type(model).__name__} was never built."
         )
     if not hasattr(model, "detect") or not hasattr(model, "size_divisor"):
         raise ValueError(

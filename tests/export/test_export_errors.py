@@ -31,7 +31,7 @@ def test_unknown_format_and_quantization(model, tmp_path):
 
 def test_model_never_built(tmp_path):
     unbuilt = keras.Sequential([keras.layers.Conv2D(4, 3)])
-    with pytest.raises(ValueError, match="must be a built CenterNet.*never built"):
+    with pytest.raises(ValueError, match="must be a built CenterNet.*was never built"):
         kc.export.export_model(unbuilt, str(tmp_path), format="tflite", input_size=(64, 64))
     with pytest.raises(ValueError, match="must be a keras_centernet.CenterNet"):
         kc.export.export_model("resnet18", str(tmp_path))
@@ -80,3 +80,20 @@ def test_default_folder_and_file_names(model, tmp_path, monkeypatch):
     assert path == "saved_models/resnet18_dcn/model.tflite"
     assert (tmp_path / path).is_file()
     assert kc.export.export_model(model, "x/custom.tflite", format="tflite", input_size=(64, 64)) == "x/custom.tflite"
+
+
+def test_cli_entry_point(model, tmp_path):
+    """`centernet export MODEL.keras --format tflite --input-size 64` through the parser helpers."""
+    import argparse
+
+    saved = str(tmp_path / "tiny.keras")
+    model.save(saved)
+    parser = kc.export.add_cli_arguments(argparse.ArgumentParser())
+    args = parser.parse_args([saved, "--format", "tflite", "--input-size", "64",
+                              "--output", str(tmp_path / "out")])
+    path = kc.export.run_cli(args)
+    assert path == str(tmp_path / "out" / "model.tflite")
+    interpreter = tf.lite.Interpreter(model_path=path)
+    assert interpreter.get_input_details()[0]["shape"].tolist() == [1, 64, 64, 3]
+    with pytest.raises(SystemExit):
+        parser.parse_args([saved, "--format", "tfjs"])
