@@ -208,7 +208,7 @@ class TestBatchAugmentation(TestCase):
         with pytest.raises(ValueError, match="negative"):
             BatchAugmentation(64, lighting_std=-1.0)
 
-    def test_model_config_round_trip(self):
+    def test_model_config_round_trip_and_saving(self, tmp_path):
         model = kc.CenterNet.from_preset(
             "resnet18", num_classes=2, augmentation=BatchAugmentation(64, seed=0)
         )
@@ -217,6 +217,9 @@ class TestBatchAugmentation(TestCase):
         assert isinstance(revived.augmentation, BatchAugmentation)
         assert revived.augmentation.get_config() == model.augmentation.get_config()
         assert kc.CenterNet.from_preset("resnet18", num_classes=2).get_config()["augmentation"] is None
+        images = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+        restored = self.run_model_saving_test(model, images, tmp_path)
+        assert isinstance(restored.augmentation, BatchAugmentation)
 
 
 @pytest.mark.multi_backend
