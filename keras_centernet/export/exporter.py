@@ -206,21 +206,40 @@ def _image_spec(input_size, batch_size):
 
 
 def _export_saved_model(model, path, input_size, batch_size):
-    archive = keras.export.ExportArchive()
-    archive.track(model)
     image_spec = _image_spec(input_size, batch_size)
     divisor = model.size_divisor
-    detect = with_input_check(detection_function(model), input_size, divisor, "serving_default")
-    raw_maps = with_input_check(raw_maps_function(model), input_size, divisor, "serving_raw_maps")
-    archive.add_endpoint("serving_default", detect, input_signature=[image_spec])
-    if input_size is not None:
-        archive.add_endpoint(
-            "serving_encoded_images",
-            encoded_image_function(model, input_size),
-            input_signature=[tf.TensorSpec((batch_size,), tf.string, name="encoded")],
+    endpoints = {
+        "serving_default": (
+            with_input_check(detection_function(model), input_size, divisor, "serving_default"),
+            image_spec,
         )
-    archive.add_endpoint("serving_raw_maps", raw_maps, input_signature=[image_spec])
-    archive.write_out(path, verbose=False)
+    }
+    if input_size is not None:
+        endpoints["serving_encoded_images"] = (
+            encoded_image_function(model, input_size),
+            tf.TensorSpec((batch_size,), tf.string, name="encoded"),
+        )
+    endpoints["serving_raw_maps"] = (
+        with_input_check(raw_maps_function(model), input_size, divisor, "serving_raw_maps"),
+        image_spec,
+    )
+    _write_saved_model(model, path, endpoints)
+
+
+def _write_saved_model(model, path, endpoints):
+    """A SavedModel of `endpoints` (name -> (function, input spec)), each a signature.
+
+    The module tracks the TensorFlow variables behind the Keras ones, so
+    each weight is stored once (Keras' `ExportArchive` stores them twice).
+    """
+    module = tf.Module()
+    module.model_variables = [variable.value for variable in model.variables]
+    signatures = {}
+    for name, (function, spec) in endpoints.items():
+        traced = tf.function(function, input_signature=[spec], autograph=False)
+        setattr(module, name, traced)
+        signatures[name] = traced
+    tf.saved_model.save(module, path, signatures=signatures)
 
 
 def _export_tflite(model, path, input_size, batch_size, quantization,
@@ -229,13 +248,8 @@ def _export_tflite(model, path, input_size, batch_size, quantization,
     # LiteRT export: the converter freezes the variables and keeps the
     # signature's input and output names.
     with tempfile.TemporaryDirectory() as folder:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(
-            "serving_default", detection_function(model),
-            input_signature=[_image_spec(input_size, batch_size)],
-        )
-        archive.write_out(folder, verbose=False)
+        endpoint = (detection_function(model), _image_spec(input_size, batch_size))
+        _write_saved_model(model, folder, {"serving_default": endpoint})
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serving_default"])
         flat_buffer = _convert(converter, quantization, representative_dataset, input_size,
                                batch_size, num_calibration_images)
