@@ -91,7 +91,11 @@ def make_dataset(args, training, split=None):
         images = args.images if training else (args.val_images or args.images)
         annotations = args.annotations if training else (args.val_annotations or args.annotations)
         if not images or not annotations:
-            raise SystemExit("--dataset coco-json needs --images and --annotations.")
+            raise UsageError("--dataset coco-json needs --images and --annotations.")
+        if not os.path.isdir(images):
+            raise UsageError(f"The images folder {images} does not exist.")
+        if not os.path.isfile(annotations):
+            raise UsageError(f"The annotations file {annotations} does not exist.")
         dataset = kc.data.coco_json(images, annotations, image_size=size,
                                     batch_size=args.batch_size, training=training)
     else:
@@ -120,32 +124,35 @@ def train(args):
     import keras_centernet as kc
     from keras_centernet import training
 
+    kc.models.presets.get_preset(args.preset)  # an unknown name fails before any data loads
     _configure_precision(args)
     train_ds, info = make_dataset(args, training=True)
     val_ds, val_info = make_dataset(args, training=False)
     steps = args.steps_per_epoch or _steps(info, args.batch_size)
     if steps is None:
-        raise SystemExit("The training set has no known size: pass --steps-per-epoch.")
+        raise UsageError("The training set has no known size: pass --steps-per-epoch.")
 
-    model = kc.CenterNet.from_preset(
-        args.preset, num_classes=info.num_classes, focal_clamp_gradient=args.focal_clamp_gradient
-    )
-    if args.weights:
-        model.load_weights(args.weights)
     rate = args.learning_rate or training.default_learning_rate(args.preset, args.batch_size)
     schedule = training.learning_rate_schedule(
         rate, steps, args.epochs, schedule=args.schedule,
         step_epochs=_parse_ints(args.lr_steps) if args.lr_steps else None,
         warmup_epochs=args.warmup_epochs,
     )
-    model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=args.jit_compile)
+    with training.data_parallel_scope(args.devices, args.batch_size):
+        model = kc.CenterNet.from_preset(
+            args.preset, num_classes=info.num_classes,
+            focal_clamp_gradient=args.focal_clamp_gradient,
+        )
+        if args.weights:
+            model.load_weights(args.weights)
+        model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=args.jit_compile)
     evaluation = (
         kc.evaluation.COCOEvaluationCallback(val_ds, every_n_epochs=args.eval_every, info=val_info)
         if args.eval_every else None
     )
     output_dir = args.output_dir or os.path.join("runs", args.preset)
     if not args.resume and os.path.exists(os.path.join(output_dir, "backup")):
-        raise SystemExit(
+        raise UsageError(
             f"{output_dir} holds an interrupted run: pass --resume to continue it, "
             f"or another --output-dir."
         )
@@ -199,6 +206,8 @@ def _load_model(path):
 
     import keras_centernet  # noqa: F401  (registers the custom objects)
 
+    if not os.path.isfile(path):
+        raise UsageError(f"No model file at {path}.")
     return keras.saving.load_model(path)
 
 
@@ -227,13 +236,19 @@ def run_predict(args):
     class_names = _class_names(args)
     os.makedirs(args.output_dir, exist_ok=True)
     results = []
+    failed = []
     for path in args.images:
-        image, transform = _load_for_model(path, args.image_size, model.size_divisor)
+        try:
+            original, image, transform = _load_for_model(path, args.image_size, model.size_divisor)
+        except UsageError as error:
+            # One bad file is reported and skipped; the others are still predicted.
+            print(f"centernet predict: error: {error}", file=sys.stderr)
+            failed.append(path)
+            continue
         detections = model.predict_on_batch(image[None])
         detections = {k: np.asarray(v)[0] for k, v in detections.items()}
         count = int(detections["num_detections"])
         boxes = to_original_boxes(detections["boxes"][:count], transform)
-        original = _read_rgb(path)
         picture = visualization.draw_detections(
             original, boxes, detections["scores"][:count], detections["labels"][:count],
             class_names=class_names, score_threshold=args.score_threshold,
@@ -254,6 +269,10 @@ def run_predict(args):
         logger.info("%s: %d detections >= %.2f", path, int(keep.sum()), args.score_threshold)
     with open(os.path.join(args.output_dir, "detections.json"), "w") as file:
         json.dump(results, file, indent=1)
+    if failed:
+        logger.info("%d of %d images could not be read: %s", len(failed), len(args.images),
+                    ", ".join(failed))
+        return 2
     return 0
 
 
@@ -273,12 +292,18 @@ def _read_rgb(path):
     from PIL import Image
     from PIL import ImageOps
 
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    if not os.path.isfile(path):
+        raise UsageError(f"No image file at {path}.")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for bad bytes
+        raise UsageError(f"Cannot decode the image {path}: {error}") from None
 
 
 def _load_for_model(path, image_size, size_divisor):
-    """An image file -> the model's input (longer side `image_size`, centred, padded) and its map."""
+    """An image file -> its RGB pixels, the model's input (longer side `image_size`, centred,
+    padded) and the map from the first to the second."""
     import numpy as np
     from PIL import Image
 
@@ -292,7 +317,7 @@ def _load_for_model(path, image_size, size_divisor):
     top, left = (size - new_h) // 2, (size - new_w) // 2
     canvas[top:top + new_h, left:left + new_w] = resized
     transform = np.array([[new_w / width, 0, left], [0, new_h / height, top]], np.float32)
-    return canvas, transform
+    return original, canvas, transform
 
 
 def run_demo(args):
@@ -363,6 +388,11 @@ def add_training_arguments(parser, preset, epochs, eval_every):
     group.add_argument("--lr-steps", default=None, help="epochs of the step decay, e.g. 90,120")
     group.add_argument("--warmup-epochs", type=float, default=0.0, help="cosine warm-up")
     group.add_argument("--mixed-precision", action="store_true", help="bfloat16 mixed precision")
+    group.add_argument("--devices", type=int, default=None,
+                       help="data-parallel training on this many devices (GPUs, else CPUs): "
+                            "keras.distribution.DataParallel under JAX, "
+                            "tf.distribute.MirroredStrategy under TensorFlow; the batch is "
+                            "split between them (default: one device)")
     group.add_argument("--focal-clamp-gradient", choices=["official", "straight_through"],
                        default="official",
                        help="official: the focal loss clamp stops gradients (as the paper's code); "
@@ -394,6 +424,8 @@ def build_parser():
     parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
                         help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--verbose", dest="traceback", action="store_true",
+                        help="show the traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command")
 
     demo = commands.add_parser(
@@ -444,7 +476,53 @@ def build_parser():
     return parser
 
 
+class UsageError(Exception):
+    """A problem with the command's input: reported in one line, exit code 2."""
+
+
+# Errors that name a problem with the user's input (a path, a name, a file's
+# contents) rather than a defect: `main` prints them in one line.
+_INPUT_ERRORS = (UsageError, ValueError, KeyError, FileNotFoundError, NotADirectoryError,
+                 IsADirectoryError, PermissionError, ImportError)
+
+
+def _input_errors():
+    """`_INPUT_ERRORS` plus the errors of optional libraries that name bad input."""
+    errors = list(_INPUT_ERRORS)
+    try:
+        from PIL import UnidentifiedImageError
+
+        errors.append(UnidentifiedImageError)
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        pass
+    if "tensorflow_datasets" in sys.modules:
+        from tensorflow_datasets.core import registered
+
+        errors.append(registered.DatasetNotFoundError)
+    return tuple(errors)
+
+
+def _one_line(error):
+    """The first line of an error's message (KeyError's quotes removed)."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if len(lines) == 1:
+        return lines[0]
+    # A listing (one "- what: [items]" line per kind of problem): its heads.
+    heads = "; ".join(line.lstrip("- ").split(": [")[0][:120] for line in lines[1:])
+    return f"{lines[0]} {heads} (`centernet --verbose ...` lists them all)"
+
+
 def main(argv=None):
+    """Runs a `centernet` command; returns its exit code.
+
+    Bad input (a missing path, an unknown preset or dataset, a checkpoint of
+    another architecture, an image that does not decode) is reported in one
+    line on stderr with exit code 2; `centernet --verbose <command>` shows the
+    traceback instead.
+    """
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
@@ -458,7 +536,15 @@ def main(argv=None):
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _set_backend(args.backend, argv)
-    return args.func(args)
+    if args.traceback:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as error:  # noqa: BLE001 - filtered just below
+        if not isinstance(error, _input_errors()):
+            raise
+        print(f"centernet {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ batch. These helpers give the same recipe for any batch size and length, and
 the callbacks that make a run resumable and observable.
 """
 
+import contextlib
 import os
 
 import keras
@@ -83,7 +84,8 @@ def training_callbacks(output_dir, monitor="loss", mode="min", evaluation=None, 
 
     - `BackupAndRestore` (`output_dir/backup`): a run killed at any point
       (even by SIGKILL) resumes at the epoch it reached when started again
-      with the same `output_dir`.
+      with the same `output_dir` (at the epoch before, when it was killed
+      while writing the backup: the previous one is kept for that).
     - `ModelCheckpoint`s: `best.keras` (by `monitor`) and `last.keras`.
     - `CSVLogger` (`metrics.csv`, appended on resume) and `TensorBoard`
       (`logs/`).
@@ -107,7 +109,9 @@ def training_callbacks(output_dir, monitor="loss", mode="min", evaluation=None, 
     if evaluation is not None:
         callbacks.append(evaluation)
     callbacks += [
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        # Two backups: a process killed while writing one (SIGKILL mid-save
+        # leaves a truncated HDF5 file) resumes from the other, an epoch earlier.
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup"), double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(
             os.path.join(output_dir, "best.keras"), monitor=monitor, mode=mode, save_best_only=True
         ),
@@ -117,3 +121,66 @@ def training_callbacks(output_dir, monitor="loss", mode="min", evaluation=None, 
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
     return callbacks
+
+
+def data_parallel_scope(num_devices, batch_size=None):
+    """A context to build and compile a model in, for data-parallel training.
+
+    Keras' own data parallelism, chosen by the backend: under JAX,
+    `keras.distribution.DataParallel` over the first `num_devices` devices
+    (one SPMD program: the step computes exactly the single-device step on
+    the global batch); under TensorFlow, a `tf.distribute.MirroredStrategy`
+    (each replica computes the loss of its share of the batch and the
+    gradients are averaged, as the official trainer's `DataParallel`). GPUs
+    are used when there are any, CPU devices otherwise (for tests: JAX with
+    `XLA_FLAGS=--xla_force_host_platform_device_count=N`, or TensorFlow
+    logical CPU devices).
+
+    Args:
+        num_devices: int or None. None or 1: one device (a no-op context).
+        batch_size: int or None. The global batch, which must split evenly.
+
+    Returns:
+        A context manager.
+
+    Example:
+
+    >>> with data_parallel_scope(2, batch_size=64):
+    ...     model = CenterNet.from_preset("dla34", num_classes=80)
+    ...     model.compile(optimizer=keras.optimizers.Adam(2.5e-4))
+    >>> model.fit(dataset)  # outside the scope is fine
+    """
+    if num_devices is None or num_devices == 1:
+        return contextlib.nullcontext()
+    if not isinstance(num_devices, int) or num_devices < 1:
+        raise ValueError(f"The number of devices must be a positive int; received {num_devices!r}.")
+    if batch_size is not None and batch_size % num_devices:
+        raise ValueError(
+            f"The batch of {batch_size} does not split evenly over {num_devices} devices."
+        )
+    backend = keras.backend.backend()
+    if backend == "jax":
+        devices = keras.distribution.list_devices()
+        _check_device_count(devices, num_devices)
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices[:num_devices])
+        )
+        return contextlib.nullcontext()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        _check_device_count([d.name for d in devices], num_devices)
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:num_devices]])
+        return strategy.scope()
+    raise ValueError(
+        f"Data-parallel training runs under the JAX and TensorFlow backends; this is {backend!r}."
+    )
+
+
+def _check_device_count(devices, num_devices):
+    if len(devices) < num_devices:
+        raise ValueError(
+            f"{num_devices} devices were asked for, but this machine has {len(devices)}: "
+            f"{', '.join(devices)}."
+        )

@@ -109,8 +109,49 @@ def test_convert_writes_an_equal_keras_model(tmp_path):
     assert np.abs(raw["heatmap"] - expected).max() <= 1e-4 * (expected.max() - expected.min())
 
 
-def test_train_refuses_to_overwrite_an_interrupted_run(tmp_path):
+def test_train_refuses_to_overwrite_an_interrupted_run(tmp_path, capsys):
     os.makedirs(tmp_path / "backup")
-    with pytest.raises(SystemExit, match="--resume"):
-        cli.main(["train", "--preset", "resnet18", *TINY, "--epochs", "1",
-                  "--output-dir", str(tmp_path)])
+    code = cli.main(["train", "--preset", "resnet18", *TINY, "--epochs", "1",
+                     "--output-dir", str(tmp_path)])
+    assert code == 2
+    assert "--resume" in one_error_line(capsys)
+
+
+def one_error_line(capsys):
+    """The single line a command printed on stderr for bad input."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("centernet ") and ": error: " in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--preset", "resnet19", *TINY], "Unknown preset 'resnet19'"),
+        (["train", "--dataset", "coco-json", "--images", "/no/such/folder",
+          "--annotations", "/no/such/file.json", *TINY], "/no/such/folder does not exist"),
+        (["train", "--dataset", "coco-json", *TINY], "needs --images and --annotations"),
+        (["train", "--dataset", "tfds", "--tfds-name", "cifar10", *TINY], "cifar10"),
+        (["evaluate", "/no/such/model.keras", *TINY], "No model file at /no/such/model.keras"),
+        (["convert", "/no/such/checkpoint.pth", "--preset", "dla34"], "/no/such/checkpoint.pth"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(argv, expected, capsys):
+    assert cli.main(argv) == 2
+    assert expected in one_error_line(capsys)
+
+
+def test_checkpoint_of_another_architecture_is_one_line(tmp_path, capsys):
+    checkpoint = str(tmp_path / "ctdet_resdcn18.npz")
+    np.savez(checkpoint, **rule_state_dict("resdcn18"))
+    assert cli.main(["convert", checkpoint, "--preset", "dla34",
+                     "--output", str(tmp_path / "x.keras")]) == 2
+    line = one_error_line(capsys)
+    assert "does not fit the model" in line and "have no entry" in line, line
+    assert not os.path.exists(tmp_path / "x.keras")
+
+
+def test_verbose_shows_the_traceback():
+    with pytest.raises(ValueError, match="Unknown preset"):
+        cli.main(["--verbose", "train", "--preset", "resnet19", *TINY])

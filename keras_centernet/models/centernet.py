@@ -1,5 +1,6 @@
 import keras
 from keras import ops
+from keras.src.losses.loss import scale_loss_for_distribution
 
 from keras_centernet.layers.decoder import apply_score_threshold
 from keras_centernet.layers.decoder import decode_detections
@@ -299,7 +300,11 @@ class CenterNet(keras.Model):
             + self.size_loss_weight * size_loss
             + self.offset_loss_weight * offset_loss
         )
-        for extra in self.losses:  # weight regularisers of the layers
+        # Under `tf.distribute` each replica's loss is divided by the number of
+        # replicas, so that the summed gradients are their mean (what Keras'
+        # own `compute_loss` does); elsewhere this is the identity.
+        total = scale_loss_for_distribution(total)
+        for extra in self.losses:  # weight regularisers (already scaled by Keras)
             total = total + ops.cast(self._aggregate_additional_loss(extra), total.dtype)
         return total
 
