@@ -48,6 +48,7 @@ import common  # noqa: E402
 
 PRESETS = ("resnet18_dcn", "dla34", "hourglass104")
 MAX_OBJECTS = 128
+CANVAS = 640  # accelerator-mode canvases (`--augment-presets`)
 NUM_CLASSES = 80
 
 
@@ -91,8 +92,13 @@ def measure_rendering(size, batches, quick):
     return result
 
 
-def measure_training(preset, dtype, size, batch, steps, quick):
-    """Worker side: one model in one precision, at `batch` or the largest half of it that fits."""
+def measure_training(preset, dtype, size, batch, steps, quick, augment=False):
+    """Worker side: one model in one precision, at `batch` or the largest half of it that fits.
+
+    With `augment`, the model carries `BatchAugmentation(size)` and takes what
+    `augment_on="accelerator"` readers yield: uint8 RGBA canvases of 640x640
+    holding a 640x480 image each (a COCO-sized photo), augmented inside the step.
+    """
     import gc
 
     import jax
@@ -104,11 +110,19 @@ def measure_training(preset, dtype, size, batch, steps, quick):
     keras.mixed_precision.set_dtype_policy(dtype)
     result = {"requested_batch": batch, "out_of_memory_at": []}
     while batch >= 1:
-        model = kc.CenterNet.from_preset(preset, num_classes=NUM_CLASSES)
+        extra = {"augmentation": kc.layers.BatchAugmentation(size, seed=0)} if augment else {}
+        model = kc.CenterNet.from_preset(preset, num_classes=NUM_CLASSES, **extra)
         model.compile(optimizer=keras.optimizers.Adam(1.25e-4))
         rng = np.random.default_rng(0)
-        images = jax.device_put(rng.uniform(0, 255, size=(batch, size, size, 3)).astype("float32"))
-        boxes, labels = random_objects(rng, batch, size)
+        if augment:
+            canvases = rng.integers(0, 256, (batch, CANVAS, CANVAS, 4), dtype=np.uint8)
+            canvases[:, 480:] = 0
+            canvases[:, :480, :, 3] = 255
+            images = jax.device_put(canvases)
+            boxes, labels = random_objects(rng, batch, 480)
+        else:
+            images = jax.device_put(rng.uniform(0, 255, size=(batch, size, size, 3)).astype("float32"))
+            boxes, labels = random_objects(rng, batch, size)
         targets = {"boxes": jax.device_put(boxes), "labels": jax.device_put(labels)}
         try:
             started = time.perf_counter()
@@ -184,8 +198,9 @@ def worker(args):
                 batches = sorted({args.batch, max(1, args.batch // 2), max(1, args.batch // 4)}, reverse=True)
                 values = measure_rendering(args.size, batches, args.quick)
             else:
-                preset, dtype = case.split(":")
-                values = measure_training(preset, dtype, args.size, args.batch, args.steps, args.quick)
+                preset, dtype, *mode = case.split(":")
+                values = measure_training(preset, dtype, args.size, args.batch, args.steps,
+                                          args.quick, augment=mode == ["augment"])
             common.emit(case, **values)
         except Exception as error:  # reported in the table, the other cases go on
             common.emit(case, error=f"{type(error).__name__}: {str(error)[:600]}")
@@ -229,6 +244,25 @@ def render(results, environment, args):
                 common.fmt(official.get("training_peak_gib"), 1) if dtype == "float32" else "",
                 f"{result['loss']:.3g}",
             ])
+    augment_rows = []
+    for preset in args.augment_presets:
+        result = results.get(f"{preset}:mixed_bfloat16:augment")
+        plain = results.get(f"{preset}:mixed_bfloat16", {})
+        if result is None:
+            continue
+        if "error" in result:
+            problems.append(f"- `{preset}` bf16 with augmentation: {result['error']}")
+            continue
+        official_rate = common.OFFICIAL.get(preset, {}).get("training_img_s", {}).get("mixed_bfloat16")
+        augment_ms = None
+        if plain.get("fit_step_ms"):
+            augment_ms = result["fit_step_ms"] - plain["fit_step_ms"]
+        augment_rows.append([
+            preset, "bf16", str(result["batch"]), common.fmt(result.get("fit_step_ms"), 1),
+            common.fmt(result.get("fit_img_s"), 0), common.fmt(plain.get("fit_img_s"), 0),
+            common.fmt(augment_ms, 1),
+            common.ratio(result.get("fit_img_s"), official_rate) if official_rate else "",
+        ])
     render_rows = [
         [key.replace("render_ms_bs", ""), common.fmt(value, 3)]
         for key, value in rendering.items() if key.startswith("render_ms_bs")
@@ -244,8 +278,9 @@ def render(results, environment, args):
         "Adam, random weights and data, JAX backend (XLA's default matmul precision: TF32 in "
         "float32, as PyTorch's default), targets rendered inside the step. Written by "
         "`benchmarks/training_step.py`; its docstring says how each figure is taken. "
-        "Official = the PyTorch training of `/work/shared/ANCHORS.md` on an H100 (targets "
-        "precomputed by its data loader). Goals: >= 2x official (issue 5), >= 3x (ANCHORS.md); "
+        "Official = the PyTorch training of `/work/shared/ANCHORS.md`, measured on an H100 "
+        "(targets precomputed by its data loader); on another GPU (an H200 has the H100's "
+        "compute and 1.4x its memory bandwidth) the ratio compares across GPUs. Goals: >= 2x official (issue 5), >= 3x (ANCHORS.md); "
         "target rendering < 5% of the step.",
         "",
         "## Training throughput",
@@ -262,6 +297,19 @@ def render(results, environment, args):
             rows,
         ),
         "",
+        "## With the official augmentation inside the step (accelerator mode)",
+        "",
+        f"Inputs are uint8 RGBA canvases of {CANVAS}x{CANVAS} holding a 640x480 image (what "
+        "`augment_on=\"accelerator\"` readers yield); `BatchAugmentation` does the official "
+        "random crop, flip and colour jitter on the device. `augmentation ms` = fit step with "
+        "it - fit step of the plain case above (which takes 512x512 float images).",
+        "",
+        *common.table(
+            ["preset", "precision", "batch", "fit ms", "fit img/s", "without augmentation img/s",
+             "augmentation ms", "ours/official"],
+            augment_rows,
+        ),
+        "",
         f"## Target rendering alone ({grid}x{grid} grid, {MAX_OBJECTS} objects, {NUM_CLASSES} classes)",
         "",
         *common.table(["batch", "render_targets ms (median)"], render_rows),
@@ -276,6 +324,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--dtypes", nargs="+", default=list(common.DTYPES))
+    parser.add_argument("--augment-presets", nargs="*", default=["resnet18_dcn", "dla34"],
+                        help="presets also measured with the official augmentation inside the "
+                             "step (BatchAugmentation on 640x640 uint8 canvases), in bf16")
+    parser.add_argument("--skip-plain", action="store_true",
+                        help="only the rendering and augmentation cases")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
@@ -309,7 +362,10 @@ def main():
                "--batch", str(args.batch), "--steps", str(args.steps)]
     if args.quick:
         command.append("--quick")
-    cases = ["render_targets"] + [f"{p}:{d}" for p in args.presets for d in args.dtypes]
+    cases = ["render_targets"]
+    if not args.skip_plain:
+        cases += [f"{p}:{d}" for p in args.presets for d in args.dtypes]
+    cases += [f"{p}:mixed_bfloat16:augment" for p in args.augment_presets]
     results = {}
     environment = "Device: (not reported)"
     for path in args.merge:
