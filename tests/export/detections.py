@@ -23,7 +23,7 @@ def run_onnx(path, images):
     return dict(zip(names, session.run(None, {"images": images})))
 
 
-def match_detections(actual, expected, score_atol, box_atol):
+def match_detections(actual, expected, score_atol, box_atol, min_matched=0.6):
     """Pairs every detection of `expected` with an equal one of `actual`; returns the worst errors.
 
     Detections are equal when their labels agree, their scores within
@@ -33,15 +33,20 @@ def match_detections(actual, expected, score_atol, box_atol):
     last kept one may have changed places with one just outside the top K,
     so it need not be found.
 
+    At least `min_matched` of the detections must be compared: a
+    comparison of ties only would prove nothing.
+
     Returns:
         dict: `score` and `box`, the largest differences of the matched pairs.
     """
     worst = {"score": 0.0, "box": 0.0}
+    matched = total = 0
     for b in range(len(expected["scores"])):
         scores, labels, boxes = (np.asarray(expected[k][b]) for k in ("scores", "labels", "boxes"))
         other = {k: np.asarray(actual[k][b]) for k in ("scores", "labels", "boxes")}
         free = np.ones(len(other["scores"]), bool)
         last = scores[-1]
+        total += len(scores)
         for i in np.argsort(-scores, kind="stable"):
             if scores[i] <= last + score_atol:
                 continue
@@ -54,8 +59,10 @@ def match_detections(actual, expected, score_atol, box_atol):
             )
             j = np.flatnonzero(ok)[np.argmin(box_error[ok])]
             free[j] = False
+            matched += 1
             worst["score"] = max(worst["score"], float(score_error[j]))
             worst["box"] = max(worst["box"], float(box_error[j]))
+    assert matched >= min_matched * total, f"only {matched} of {total} detections were compared"
     return worst
 
 

@@ -41,6 +41,24 @@ def randomize_deformable_offsets(model, seed):
     return count
 
 
+def strengthen_heads(model, images):
+    """Scales each head's output so that its maps vary as a trained model's do.
+
+    Random heads give nearly constant maps (dla34's heatmap logits vary by
+    1e-4 and its sizes by 1e-7 on these images): every detection order and
+    box would then be right, and the comparison would prove nothing. Here
+    the heatmap logits vary by 1.5 around the prior -2.19, the sizes by 2
+    around 4 map pixels, the offsets by 0.3 around 0.5.
+    """
+    raw = to_numpy(model(images, training=False))
+    heads = model.stack_heads(model.num_stacks - 1)
+    for name, (std, mean) in {"heatmap": (1.5, -2.19), "size": (2.0, 4.0), "offset": (0.3, 0.5)}.items():
+        conv = heads[name].output_conv
+        spread = (raw[name] - to_numpy(conv.bias)).std()
+        conv.kernel.assign(to_numpy(conv.kernel) * (std / spread))
+        conv.bias.assign(np.full(conv.bias.shape, mean, np.float32))
+
+
 class Exported:
     """A model, its Keras detections on test images, and its artifacts, exported on first use."""
 
@@ -53,6 +71,7 @@ class Exported:
         images, _ = next(iter(kc.data.synthetic(num_images=2, image_size=INPUT_SIZE, batch_size=2,
                                                 training=False, seed=3)))
         self.images = images.numpy()
+        strengthen_heads(self.model, self.images)
         self.expected = to_numpy(self.model.predict(self.images, verbose=0))
         self._paths = {}
         self._saved_model = None
@@ -78,9 +97,15 @@ def exported(request, tmp_path_factory):
     return Exported(request.param, tmp_path_factory.mktemp(request.param))
 
 
-def test_models_have_deformable_convolutions(exported):
+def test_models_have_deformable_convolutions_and_distinct_detections(exported):
     assert exported.num_deformable >= 3
     assert exported.expected["num_detections"].tolist() == [MAX_DETECTIONS] * 2
+    # Distinct scores and real boxes: the comparisons below are not vacuous.
+    scores = exported.expected["scores"]
+    assert (scores[:, 0] - scores[:, -1]).min() > 0.01
+    assert np.diff(scores, axis=1).min() < 0 and (-np.diff(scores, axis=1) > 1e-4).mean() > 0.7
+    sizes = exported.expected["boxes"][..., 2:] - exported.expected["boxes"][..., :2]
+    assert np.abs(sizes).mean() > 4
 
 
 def test_saved_model_signatures_equal_keras(exported):
@@ -172,20 +197,28 @@ def test_tflite_float16_close_to_keras(exported):
     assert path.endswith("model_float16.tflite")
     assert_builtin_ops_only(path)
     detections = run_tflite(path, exported.images)
-    errors = match_detections(detections, exported.expected, score_atol=2e-3, box_atol=0.5)
-    assert errors["score"] <= 2e-3 and errors["box"] <= 0.5
+    # Measured: scores within 2e-4 (resnet18_dcn) and 1.2e-3 (dla34), boxes within 0.02 and 1.2 px.
+    match_detections(detections, exported.expected, score_atol=2e-3, box_atol=2.0)
+
+
+# Rank-by-rank score gaps allowed for int8 (measured: 0.016 and 0.39). The
+# random dla34's features vary across the image by about 1e-4 of their range
+# (its raw heatmap logits by 1e-4), below int8's step of 1/256: quantisation
+# wipes out what the scaled heads then amplify. A model with signal keeps its
+# detections in int8: test_int8_detection.py.
+INT8_SCORE_GAP = {"resnet18_dcn": 0.05, "dla34": 0.5}
 
 
 def test_tflite_int8_close_to_keras(exported):
-    """Random weights: the int8 scores follow the float ones (objects are found in test_int8_detection)."""
     path = exported.path("tflite", "int8")
-    assert_builtin_ops_only(path)
+    ops = assert_builtin_ops_only(path)
+    assert "QUANTIZE" in ops
+    assert os.path.getsize(path) < os.path.getsize(exported.path("tflite")) / 3
     detections = run_tflite(path, exported.images)
     assert_detection_dict(detections, 2, MAX_DETECTIONS)
-    # Rank by rank, whatever the order of near-equal peaks.
-    score_error = np.abs(np.sort(detections["scores"], axis=1) - np.sort(exported.expected["scores"], axis=1))
-    assert score_error.max() < 0.1, score_error.max()
-    assert os.path.getsize(path) < os.path.getsize(exported.path("tflite")) / 3
+    np.testing.assert_array_equal(detections["num_detections"], exported.expected["num_detections"])
+    score_gap = np.abs(np.sort(detections["scores"], axis=1) - np.sort(exported.expected["scores"], axis=1))
+    assert score_gap.max() < INT8_SCORE_GAP[exported.preset], score_gap.max()
 
 
 def test_onnx_equals_keras(exported):
