@@ -70,6 +70,12 @@ def add_data_arguments(parser, training):
     group.add_argument("--image-size", type=int, default=512,
                        help="input size, a multiple of 32 (128 for hourglasses); default 512")
     group.add_argument("--batch-size", type=int, default=32 if training else 8)
+    if training:
+        group.add_argument("--augment-on", choices=["cpu", "accelerator"], default="cpu",
+                           help="where the official training augmentation runs: in the tf.data "
+                                "pipeline (cpu), or batched inside the training step on the "
+                                "GPU (accelerator: the CPU only decodes and pads to a canvas; "
+                                "use it when the CPU cannot feed the GPU); default cpu")
 
 
 def make_dataset(args, training, split=None):
@@ -77,8 +83,10 @@ def make_dataset(args, training, split=None):
     import keras_centernet as kc
 
     size = args.image_size
+    # Only training batches differ by where the augmentation runs.
+    placement = {"augment_on": getattr(args, "augment_on", "cpu")} if training else {}
     if args.dataset == "synthetic":
-        kwargs = {}
+        kwargs = dict(placement)
         if args.num_classes:
             kwargs["num_classes"] = args.num_classes
         dataset = kc.data.synthetic(
@@ -97,12 +105,12 @@ def make_dataset(args, training, split=None):
         if not os.path.isfile(annotations):
             raise UsageError(f"The annotations file {annotations} does not exist.")
         dataset = kc.data.coco_json(images, annotations, image_size=size,
-                                    batch_size=args.batch_size, training=training)
+                                    batch_size=args.batch_size, training=training, **placement)
     else:
         dataset = kc.data.tfds_dataset(
             args.tfds_name, split=split or (args.train_split if training else args.val_split),
             image_size=size, batch_size=args.batch_size, training=training,
-            data_dir=args.data_dir,
+            data_dir=args.data_dir, **placement,
         )
     return dataset, dataset.info
 
@@ -139,9 +147,12 @@ def train(args):
         warmup_epochs=args.warmup_epochs,
     )
     with training.data_parallel_scope(args.devices, args.batch_size):
+        extra = {}
+        if args.augment_on == "accelerator":
+            extra["augmentation"] = kc.layers.BatchAugmentation(args.image_size)
         model = kc.CenterNet.from_preset(
             args.preset, num_classes=info.num_classes,
-            focal_clamp_gradient=args.focal_clamp_gradient,
+            focal_clamp_gradient=args.focal_clamp_gradient, **extra,
         )
         if args.weights:
             model.load_weights(args.weights)

@@ -155,3 +155,19 @@ def test_checkpoint_of_another_architecture_is_one_line(tmp_path, capsys):
 def test_verbose_shows_the_traceback():
     with pytest.raises(ValueError, match="Unknown preset"):
         cli.main(["--verbose", "train", "--preset", "resnet19", *TINY])
+
+
+def test_train_with_the_augmentation_on_the_accelerator(tmp_path):
+    """`--augment-on accelerator`: canvases from the CPU, the official augmentation in the step."""
+    output = str(tmp_path / "run")
+    code = cli.main(["train", "--preset", "resnet18", *TINY, "--epochs", "1", "--eval-every", "0",
+                     "--augment-on", "accelerator", "--output-dir", output, "--verbose", "0"])
+    assert code == 0
+    with open(os.path.join(output, "metrics.csv")) as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
+    model = keras.saving.load_model(os.path.join(output, "last.keras"))
+    assert isinstance(model.augmentation, kc.layers.BatchAugmentation)
+    # Prediction takes plain RGB images: the augmentation is for training only.
+    detections = model.predict(np.zeros((1, 64, 64, 3), "float32"), verbose=0)
+    assert detections["boxes"].shape == (1, 100, 4)
