@@ -6,6 +6,7 @@
     centernet evaluate   COCO AP of a saved model (flip / multi-scale testing)
     centernet predict    detections on image files, drawn and as JSON
     centernet convert    an official checkpoint (.pth or .npz) -> .keras
+    centernet export     a model -> SavedModel, TFLite (fp32/fp16/int8) or ONNX
 
 `centernet <command> --help` lists each command's options.
 """
@@ -359,9 +360,15 @@ def run_demo(args):
     visualization.save_image(picture_path, visualization.image_grid(pictures))
     model_path = os.path.join(output_dir, "model.keras")
     model.save(model_path)
+    # The deployable artifact: a SavedModel with decoding inside, RGB pixels in.
+    export_path = _export_module().export_model(
+        model, os.path.join(output_dir, "saved_model"), format="saved_model",
+        input_size=(args.image_size, args.image_size),
+    )
     with open(os.path.join(output_dir, "coco_metrics.json"), "w") as file:
         json.dump(metrics, file, indent=2)
-    logger.info("Wrote %s, %s and coco_metrics.json", model_path, picture_path)
+    logger.info("Wrote %s, %s, %s and %s", model_path, export_path, picture_path,
+                os.path.join(output_dir, "coco_metrics.json"))
     return 0
 
 
@@ -484,7 +491,24 @@ def build_parser():
     convert.add_argument("--output", default=None,
                          help="output .keras file (default saved_models/<preset>/<name>.keras)")
     convert.set_defaults(func=run_convert)
+
+    export = commands.add_parser(
+        "export", help="export a model for serving or mobile (SavedModel, TFLite, ONNX)")
+    _export_module().add_cli_arguments(export)
+    export.set_defaults(func=run_export)
     return parser
+
+
+def _export_module():
+    from keras_centernet import export
+
+    return export
+
+
+def run_export(args):
+    path = _export_module().run_cli(args)
+    logger.info("Wrote %s", path)
+    return 0
 
 
 class UsageError(Exception):

@@ -22,7 +22,7 @@ TINY = ["--image-size", "64", "--num-images", "8", "--num-val-images", "4", "--b
 def test_version_and_help(capsys):
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == kc.__version__
-    for command in ("demo", "train", "evaluate", "predict", "convert"):
+    for command in ("demo", "train", "evaluate", "predict", "convert", "export"):
         with pytest.raises(SystemExit) as exit_info:
             cli.main([command, "--help"])
         assert exit_info.value.code == 0
@@ -171,3 +171,28 @@ def test_train_with_the_augmentation_on_the_accelerator(tmp_path):
     # Prediction takes plain RGB images: the augmentation is for training only.
     detections = model.predict(np.zeros((1, 64, 64, 3), "float32"), verbose=0)
     assert detections["boxes"].shape == (1, 100, 4)
+
+
+def test_export_from_the_command_line(trained_run, tmp_path):
+    output = str(tmp_path / "model.tflite")
+    code = cli.main(["export", os.path.join(trained_run, "last.keras"), "--format", "tflite",
+                     "--input-size", "64", "--output", output])
+    assert code == 0
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=output)
+    interpreter.allocate_tensors()
+    (image_input,) = interpreter.get_input_details()
+    assert tuple(image_input["shape"]) == (1, 64, 64, 3)
+
+
+def test_demo_writes_every_output(tmp_path):
+    """The README's main job, tiny: trains, evaluates, exports, draws and saves."""
+    output = str(tmp_path / "demo")
+    code = cli.main(["demo", *TINY, "--epochs", "1", "--output-dir", output, "--verbose", "0"])
+    assert code == 0
+    for name in ("model.keras", "detections.png", "coco_metrics.json", "metrics.csv",
+                 os.path.join("saved_model", "saved_model.pb")):
+        assert os.path.exists(os.path.join(output, name)), name
+    with open(os.path.join(output, "coco_metrics.json")) as file:
+        assert {"AP", "AP50"} <= set(json.load(file))
