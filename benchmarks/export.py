@@ -13,7 +13,10 @@ TFLite float32 / float16 / int8, ONNX run by ONNX Runtime), each measured for
   with Keras' detections: the share of Keras' top-10 detections per image that
   the artifact reproduces (same label, box within 1 px) and the largest
   rank-by-rank score difference. With random weights (no `--model`) the AP is
-  about 0 and only the agreement means something.
+  about 0 and only the agreement means something; the heads' outputs are then
+  scaled so the maps vary as a trained model's do (heatmap logits by 1.5,
+  sizes by 2 map pixels), as in tests/export: random dla34 heads give scores
+  equal to 1e-4, which any detection order would match.
 
     python benchmarks/export.py                          # writes benchmarks/results/export.md
     python benchmarks/export.py --presets resnet18_dcn   # one preset
@@ -107,6 +110,19 @@ def agreement(actual, expected, top=10, box_atol=1.0):
     return found / total, float(gap)
 
 
+def strengthen_heads(model, images):
+    """Heatmap logits varying by 1.5 around -2.19, sizes by 2 around 4, offsets by 0.3 around 0.5."""
+    import numpy as np
+
+    raw = {k: np.asarray(v) for k, v in model(images, training=False).items()}
+    heads = model.stack_heads(model.num_stacks - 1)
+    for name, (std, mean) in {"heatmap": (1.5, -2.19), "size": (2.0, 4.0), "offset": (0.3, 0.5)}.items():
+        conv = heads[name].output_conv
+        spread = (raw[name] - np.asarray(conv.bias)).std()
+        conv.kernel.assign(np.asarray(conv.kernel) * (std / spread))
+        conv.bias.assign(np.full(conv.bias.shape, mean, np.float32))
+
+
 def worker(cases, args):
     import tensorflow as tf
 
@@ -133,6 +149,9 @@ def worker(cases, args):
         size = (args.size, args.size)
         dataset = kc.data.synthetic(num_images=args.num_images, image_size=size, batch_size=1,
                                     training=False, seed=11)
+        if not args.model and not args.raw_heads and not getattr(model, "strengthened", False):
+            strengthen_heads(model, next(iter(dataset))[0].numpy())
+            model.strengthened = True
         folder = os.path.join("saved_models", preset)
         started = time.perf_counter()
         if artifact == "keras":
@@ -143,7 +162,8 @@ def worker(cases, args):
             format, quantization = EXPORT_ARGS[artifact]
             target = os.path.join(folder, "saved_model") if format == "saved_model" else folder
             path = kc.export.export_model(model, target, format=format, input_size=size,
-                                          quantization=quantization)
+                                          quantization=quantization,
+                                          num_calibration_images=args.calibration_images)
         export_s = time.perf_counter() - started
         runner = Runner(artifact, path, model)
         image = next(iter(dataset))[0].numpy()
@@ -169,14 +189,15 @@ def write_table(results, args, path):
     for case, r in results.items():
         preset, artifact = case.split("/")
         if "error" in r:
-            rows.append([preset, artifact] + ["n/a"] * 7 + [r["error"]])
+            rows.append([preset, artifact] + ["n/a"] * 8 + [r["error"]])
             continue
         flex = [op for op in (r.get("ops") or []) if op.startswith("Flex")]
         note = ("built-in ops only" if not flex else f"Flex: {flex}") if r.get("ops") else ""
         rows.append([
             preset, artifact, common.fmt(r["size_mb"]), common.fmt(r["latency_ms"], 0),
             common.fmt(r["export_s"], 0), common.fmt(r["ap"], 3), common.fmt(r["ap50"], 3),
-            common.fmt(100 * r["found"], 0), f"{r['score_gap']:.1e}", note,
+            common.fmt(100 * r["found"], 0), f"{r['score_gap']:.1e}",
+            "raw" if r.get("raw_heads") else "scaled", note,
         ])
     weights = f"trained model `{args.model}`" if args.model else "random weights (AP ~ 0: read the agreement)"
     lines = [
@@ -193,14 +214,16 @@ def write_table(results, args, path):
     ]
     lines += common.table(
         ["preset", "artifact", "size MiB", "latency ms", "export s", "AP", "AP50",
-         "Keras top-10 found %", "max score gap", "ops"],
+         "Keras top-10 found %", "max score gap", "random heads", "ops"],
         rows,
     )
     lines += [
         "",
         "`Keras top-10 found %`: of Keras' 10 best detections per image, the share the artifact "
         "also returns (same label, box within 1 px). `max score gap`: the largest difference of "
-        "the sorted scores (rank by rank). Keras' size is the `.keras` file.",
+        "the sorted scores (rank by rank). Keras' size is the `.keras` file. `random heads`: "
+        "`scaled` (outputs scaled to vary as a trained model's, see the docstring) or `raw` "
+        "(as initialised: near-constant maps, so the agreement columns say little).",
         "",
     ]
     common.write_text(path, "\n".join(lines))
@@ -214,6 +237,9 @@ def main():
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--calibration-images", type=int, default=16, help="int8 calibration images")
+    parser.add_argument("--raw-heads", action="store_true",
+                        help="random weights as initialised (no scaling of the heads)")
     parser.add_argument("--case-timeout", type=float, default=1200)
     parser.add_argument("--budget-minutes", type=float, default=60)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "export.md"))
@@ -227,13 +253,25 @@ def main():
     cases = [f"{preset}/{artifact}" for preset in args.presets for artifact in args.artifacts]
     results = {case: {"error": "not run yet"} for case in cases}
     command = [sys.executable, os.path.abspath(__file__), "--worker", "--size", str(args.size),
-               "--num-images", str(args.num_images), "--repeats", str(args.repeats)]
+               "--num-images", str(args.num_images), "--repeats", str(args.repeats),
+               "--calibration-images", str(args.calibration_images)]
     if args.model:
         command += ["--model", args.model]
+    if args.raw_heads:
+        command += ["--raw-heads"]
+    # Earlier runs' results of other cases stay in the table.
+    store = os.path.join("runs", "benchmark_export.json")
+    previous = {}
+    if os.path.exists(store):
+        with open(store) as file:
+            previous = json.load(file)
+    results = {**{c: r for c, r in previous.items() if c not in results}, **results}
 
     def on_result(result):
+        result["raw_heads"] = bool(args.raw_heads) and not args.model
         results[result["case"]] = result
         write_table(results, args, args.output)
+        common.write_text(store, json.dumps(results, indent=1))
         print(json.dumps(result), flush=True)
 
     write_table(results, args, args.output)

@@ -3,7 +3,9 @@
 One model per preset and one conversion per format (module fixture). The
 deformable convolutions get random offset/mask kernels: a fresh DCN samples
 at integer positions (zero offsets), which would leave the bilinear sampling
-of the exported graphs untested.
+of the exported graphs untested. The heads' outputs are scaled so that the
+maps vary (`strengthen_heads`): the comparisons then see distinct scores and
+boxes of tens of pixels, not ties.
 """
 
 import io
