@@ -35,6 +35,8 @@ from keras_centernet.data.pipeline import validate_common
 
 SHAPE_NAMES = ("rectangle", "ellipse", "triangle", "ring", "cross")
 _LINE = len(SHAPE_NAMES)
+# The colours of `class_colors=True` (an easier set, where colour tells the class).
+CLASS_COLORS = ((225, 35, 35), (35, 80, 235), (30, 200, 60), (240, 210, 30), (180, 50, 220))
 _REFERENCE_SIZE = 512.0
 _MIN_OBJECT_PIXELS = 4.0
 _MAX_CLUTTER_LINES = 6
@@ -128,7 +130,7 @@ def _background(seed, height, width):
 
 
 def render_image(seed, image_size, num_classes=5, objects_per_image=(1, 10),
-                 object_size=(8, 200), min_visible=0.3):
+                 object_size=(8, 200), min_visible=0.3, class_colors=False):
     """Renders one synthetic image and its annotations.
 
     Args:
@@ -138,6 +140,8 @@ def render_image(seed, image_size, num_classes=5, objects_per_image=(1, 10),
         objects_per_image: `(min, max)` number of shapes.
         object_size: `(min, max)` shape size in pixels at 512 px.
         min_visible: float. Shapes less visible than this are not annotated.
+        class_colors: bool. Each class painted in its own colour (`CLASS_COLORS`,
+            +-30 per channel) instead of any colour. Defaults to False.
 
     Returns:
         dict: `image` uint8 `(H, W, 3)`, `boxes` float32 `(N, 4)` xyxy,
@@ -191,6 +195,11 @@ def render_image(seed, image_size, num_classes=5, objects_per_image=(1, 10),
     items = tf.concat([lines[:num_lines], shapes[:num_shapes]], axis=0)
     kinds = tf.concat([tf.fill([num_lines], _LINE), classes[:num_shapes]], axis=0)
     colors = tf.random.stateless_uniform([num_lines + num_shapes, 3], seeds[9], 0.0, 255.0)
+    if class_colors:
+        # Shapes (not the clutter lines) in their class's colour, varied a little.
+        palette = tf.gather(tf.constant(CLASS_COLORS, tf.float32), classes[:num_shapes])
+        varied = tf.clip_by_value(palette + (colors[num_lines:] - 127.5) * (30.0 / 127.5), 0.0, 255.0)
+        colors = tf.concat([colors[:num_lines], varied], axis=0)
     gradients = tf.random.stateless_uniform([num_lines + num_shapes, 3], seeds[10], -1.0, 1.0)
     num_items = num_lines + num_shapes
 
@@ -307,6 +316,7 @@ def synthetic(
     objects_per_image=(1, 10),
     object_size=(8, 200),
     min_visible=0.3,
+    class_colors=False,
     augmentation=None,
     bounding_box_format="xyxy",
     repeat=False,
@@ -342,6 +352,11 @@ def synthetic(
             scaled with the image. Defaults to (8, 200).
         min_visible: float. Fraction of a shape that must be visible for it
             to be annotated. Defaults to 0.3.
+        class_colors: bool. Paint each class in its own colour (red
+            rectangles, blue ellipses, green triangles, yellow rings, purple
+            crosses, each varied by +-30 per channel): an easier set, where
+            colour as well as shape tells the class. Defaults to False (any
+            colour: only the shape tells).
         augmentation: `Augmentation` or None (the official default); used in
             training. Defaults to None.
         bounding_box_format: str. Format of the yielded boxes. Defaults to
@@ -408,7 +423,7 @@ def synthetic(
     def load(index):
         example = render_image(
             tf.stack([tf.constant(seed, tf.int64), index]), image_size, num_classes,
-            (int(low), int(high)), tuple(object_size), min_visible,
+            (int(low), int(high)), tuple(object_size), min_visible, bool(class_colors),
         )
         example["image_id"] = index + 1
         example["index"] = index

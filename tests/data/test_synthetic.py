@@ -178,3 +178,26 @@ def test_argument_checks():
         synthetic(num_images=0)
     with pytest.raises(ValueError, match="objects_per_image"):
         synthetic(objects_per_image=(3, 1))
+
+
+def test_class_colors_paint_each_class_in_its_colour():
+    """`class_colors=True`: a shape's pixels are its class's colour (+-30 per channel, shaded)."""
+    from keras_centernet.data.synthetic_shapes import CLASS_COLORS
+
+    checked = 0
+    for index in range(12):
+        example = render_image(tf.constant([3, index], tf.int64), (128, 128), num_classes=5,
+                               objects_per_image=(1, 1), object_size=(200, 300), class_colors=True)
+        image = example["image"].numpy().astype(np.float32)
+        for box, label in zip(example["boxes"].numpy(), example["labels"].numpy()):
+            x0, y0, x1, y1 = box
+            # The centre of a filled shape (not rings, which are hollow there).
+            if label == 3:
+                continue
+            cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+            centre = image[cy - 1:cy + 2, cx - 1:cx + 2].reshape(-1, 3).mean(0)
+            expected = np.array(CLASS_COLORS[label], np.float32)
+            # +-30 of variation, then up to 25% of shading.
+            assert np.all(np.abs(centre - expected) <= 30 + 0.25 * 255 + 1), (label, centre, expected)
+            checked += 1
+    assert checked >= 5
