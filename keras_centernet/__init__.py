@@ -16,7 +16,7 @@ from keras_centernet.version import __version__
 
 # TensorFlow-only parts (DESIGN.md, principle 1) load on first use, so that
 # the model code imports on machines without TensorFlow (JAX or PyTorch only).
-_LAZY_MODULES = ("data", "export")
+_LAZY_MODULES = ("data", "export", "visualization")
 
 
 def __getattr__(name):
@@ -39,4 +39,5 @@ __all__ = [
     "necks",
     "ops",
     "targets",
+    "visualization",
 ]

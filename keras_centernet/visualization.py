@@ -58,6 +58,8 @@ def draw_detections(
     for box, score, label in zip(boxes, scores, labels):
         if label < 0 or score < score_threshold or not np.all(np.isfinite(box)):
             continue
+        if box[2] < box[0] or box[3] < box[1]:
+            continue  # an inverted box (an untrained model's) has nothing to draw
         color = colors[label % len(colors)]
         x1, y1, x2, y2 = (float(v) for v in box)
         draw.rectangle([x1, y1, x2, y2], outline=color, width=line_width)

@@ -516,7 +516,10 @@ class CenterNet(keras.Model):
         if heads is not None:
             config["heads"] = heads
         config.update(kwargs)
-        return cls(**config)
+        model = cls(**config)
+        # Names the default export folder, `saved_models/<preset>/`.
+        model.preset = preset
+        return model
 
 
 def _check_test_scales(test_scales):
