@@ -134,6 +134,12 @@ def train(args):
     from keras_centernet import training
 
     kc.models.presets.get_preset(args.preset)  # an unknown name fails before any data loads
+    output_dir = args.output_dir or os.path.join("runs", args.preset)
+    if not args.resume and os.path.exists(os.path.join(output_dir, "backup")):
+        raise UsageError(
+            f"{output_dir} holds an interrupted run: pass --resume to continue it, "
+            f"or another --output-dir."
+        )
     _configure_precision(args)
     train_ds, info = make_dataset(args, training=True)
     val_ds, val_info = make_dataset(args, training=False)
@@ -162,12 +168,6 @@ def train(args):
         kc.evaluation.COCOEvaluationCallback(val_ds, every_n_epochs=args.eval_every, info=val_info)
         if args.eval_every else None
     )
-    output_dir = args.output_dir or os.path.join("runs", args.preset)
-    if not args.resume and os.path.exists(os.path.join(output_dir, "backup")):
-        raise UsageError(
-            f"{output_dir} holds an interrupted run: pass --resume to continue it, "
-            f"or another --output-dir."
-        )
     callbacks = training.training_callbacks(
         output_dir,
         monitor="val_AP" if evaluation is not None else "loss",
