@@ -299,37 +299,31 @@ def _class_names(args):
     return None
 
 
-def _read_rgb(path):
-    import numpy as np
-    from PIL import Image
-    from PIL import ImageOps
+def _load_for_model(path, image_size, size_divisor):
+    """An image file -> its RGB pixels, the model's input and the map from the first to the second.
+
+    The evaluation preprocessing of `keras_centernet.data` (decoding with the
+    EXIF orientation, then the official `fix_res` transform: the longer side
+    fills `image_size`, rounded up to the divisor, centred), so `predict` sees
+    what `evaluate` sees.
+    """
+    import tensorflow as tf
+
+    from keras_centernet.data import decode_image
+    from keras_centernet.data import eval_preprocess
 
     if not os.path.isfile(path):
         raise UsageError(f"No image file at {path}.")
+    with open(path, "rb") as file:
+        contents = file.read()
     try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as error:  # what Pillow raises for bad bytes
-        raise UsageError(f"Cannot decode the image {path}: {error}") from None
-
-
-def _load_for_model(path, image_size, size_divisor):
-    """An image file -> its RGB pixels, the model's input (longer side `image_size`, centred,
-    padded) and the map from the first to the second."""
-    import numpy as np
-    from PIL import Image
-
-    original = _read_rgb(path)
-    height, width = original.shape[:2]
+        original = decode_image(tf.constant(contents))
+    except tf.errors.OpError as error:
+        message = (error.message or type(error).__name__).strip().splitlines()[0]
+        raise UsageError(f"Cannot decode the image {path}: {message}") from None
     size = -(-image_size // size_divisor) * size_divisor
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = np.asarray(Image.fromarray(original).resize((new_w, new_h), Image.BILINEAR))
-    canvas = np.zeros((size, size, 3), np.float32)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    canvas[top:top + new_h, left:left + new_w] = resized
-    transform = np.array([[new_w / width, 0, left], [0, new_h / height, top]], np.float32)
-    return original, canvas, transform
+    image, transform = eval_preprocess(original, (size, size))
+    return original.numpy(), image.numpy(), transform.numpy()
 
 
 def run_demo(args):
@@ -524,12 +518,6 @@ _INPUT_ERRORS = (UsageError, ValueError, KeyError, FileNotFoundError, NotADirect
 def _input_errors():
     """`_INPUT_ERRORS` plus the errors of optional libraries that name bad input."""
     errors = list(_INPUT_ERRORS)
-    try:
-        from PIL import UnidentifiedImageError
-
-        errors.append(UnidentifiedImageError)
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        pass
     if "tensorflow_datasets" in sys.modules:
         from tensorflow_datasets.core import registered
 

@@ -12,11 +12,10 @@ import os
 import pathlib
 import sys
 
+import ipykernel  # noqa: F401  (the kernel the notebooks run in; the `notebooks` extra)
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat", reason="notebook tooling: pip install -e '.[notebooks]'")
-nbclient = pytest.importorskip("nbclient", reason="notebook tooling: pip install -e '.[notebooks]'")
-pytest.importorskip("ipykernel", reason="notebook tooling: pip install -e '.[notebooks]'")
 
 NOTEBOOKS_DIR = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 # Seconds per cell in FAST mode; the slowest cell (five exports in notebook 03)

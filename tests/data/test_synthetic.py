@@ -197,7 +197,8 @@ def test_class_colors_paint_each_class_in_its_colour():
             cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
             centre = image[cy - 1:cy + 2, cx - 1:cx + 2].reshape(-1, 3).mean(0)
             expected = np.array(CLASS_COLORS[label], np.float32)
-            # +-30 of variation, then up to 25% of shading.
-            assert np.all(np.abs(centre - expected) <= 30 + 0.25 * 255 + 1), (label, centre, expected)
+            # +-30 of variation; the shading is 1 at the box centre and changes
+            # by under 1% a pixel around it (boxes over 45 px here).
+            assert np.all(np.abs(centre - expected) <= 30 + 4), (label, centre, expected)
             checked += 1
     assert checked >= 5
