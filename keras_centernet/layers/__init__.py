@@ -1,6 +1,7 @@
 """Keras layers of CenterNet."""
 
 from keras_centernet.layers.batch_augmentation import BatchAugmentation
+from keras_centernet.layers.corner_pooling import CascadeCornerPooling, CenterPooling, CornerPooling
 from keras_centernet.layers.decoder import CenterNetDecoder
 from keras_centernet.layers.decoder import decode_detections
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
@@ -12,6 +13,9 @@ from keras_centernet.layers.soft_nms import soft_nms
 
 __all__ = [
     "BatchAugmentation",
+    "CascadeCornerPooling",
+    "CenterPooling",
+    "CornerPooling",
     "CenterNetDecoder",
     "DeformableConv2D",
     "DepthwiseConv2DTranspose",
