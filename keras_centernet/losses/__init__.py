@@ -1,7 +1,8 @@
 """CenterNet's losses: the penalty-reduced focal loss and the L1 loss at centres."""
 
+from keras_centernet.losses.embedding import embedding_losses, keypoint_offset_loss
 from keras_centernet.losses.focal import focal_loss
 from keras_centernet.losses.keypoints import reg_weighted_l1_loss
 from keras_centernet.losses.regression import reg_l1_loss
 
-__all__ = ["focal_loss", "reg_l1_loss", "reg_weighted_l1_loss"]
+__all__ = ["embedding_losses", "focal_loss", "keypoint_offset_loss", "reg_l1_loss", "reg_weighted_l1_loss"]
