@@ -12,6 +12,7 @@ from keras_centernet import necks
 from keras_centernet import ops
 from keras_centernet import targets
 from keras_centernet.models import CenterNet
+from keras_centernet.models import CenterNetTriplets
 from keras_centernet.version import __version__
 
 # TensorFlow-only parts (DESIGN.md, principle 1) load on first use, so that
@@ -27,6 +28,7 @@ def __getattr__(name):
 
 __all__ = [
     "CenterNet",
+    "CenterNetTriplets",
     "__version__",
     "backbones",
     "convert",

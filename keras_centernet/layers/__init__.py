@@ -5,6 +5,7 @@ from keras_centernet.layers.corner_pooling import CascadeCornerPooling, CenterPo
 from keras_centernet.layers.decoder import CenterNetDecoder
 from keras_centernet.layers.decoder import decode_detections
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
+from keras_centernet.layers.triplet_decoder import decode_triplets
 from keras_centernet.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from keras_centernet.layers.prediction_head import PredictionHead
 from keras_centernet.layers.preprocessing import ImageNormalization
@@ -23,5 +24,6 @@ __all__ = [
     "PredictionHead",
     "SoftNMS",
     "decode_detections",
+    "decode_triplets",
     "soft_nms",
 ]

@@ -1,4 +1,5 @@
 from keras_centernet.models.centernet import CenterNet
+from keras_centernet.models.centernet_triplets import CenterNetTriplets
 from keras_centernet.models.presets import list_presets
 
-__all__ = ["CenterNet", "list_presets"]
+__all__ = ["CenterNet", "CenterNetTriplets", "list_presets"]
