@@ -1,9 +1,15 @@
 """Modulated deformable convolution (DCNv2), channels-last, in `keras.ops`."""
 
 import math
+import os
 
 import keras
 from keras import ops
+
+# "auto" (the fused Pallas kernels under JAX on a GPU, else `keras.ops`),
+# "reference" (always `keras.ops`) or "fused" (always the kernels under JAX,
+# in the Pallas interpreter off GPU).
+DCN_IMPLEMENTATION_ENV = "KERAS_CENTERNET_DCN"
 
 
 def _pair(value, name):
@@ -94,6 +100,26 @@ def validate_deform_conv_args(
     return out_h, out_w
 
 
+def _use_fused(shapes, implementation):
+    """Whether `deform_conv2d` runs the fused JAX kernels."""
+    implementation = implementation or os.environ.get(DCN_IMPLEMENTATION_ENV, "auto")
+    if implementation not in ("auto", "reference", "fused"):
+        raise ValueError(
+            "`implementation` (or the environment variable "
+            f"{DCN_IMPLEMENTATION_ENV}) must be 'auto', 'reference' or "
+            f"'fused'; received {implementation!r}."
+        )
+    if implementation == "reference" or keras.backend.backend() != "jax":
+        return False
+    if any(s is None for shape in shapes for s in shape):
+        return False
+    if implementation == "fused":
+        return True
+    import jax
+
+    return jax.default_backend() == "gpu"
+
+
 def _sample_columns(x_padded, offsets, mask, row_start, rows, out_w, height,
                     width, kernel_hw, strides, padding, dilation):
     """Bilinear, mask-weighted samples for `rows` output rows.
@@ -168,7 +194,7 @@ def _sample_columns(x_padded, offsets, mask, row_start, rows, out_w, height,
 
 
 def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
-                  dilation=1, chunk_rows=None):
+                  dilation=1, chunk_rows=None, implementation=None):
     """Modulated deformable 2D convolution (DCNv2), channels-last.
 
     Computes the function of the official CenterNet `DCN` op (and of
@@ -179,7 +205,11 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
     `(-1, H) x (-1, W)` are 0, and neighbours outside the image count as 0.
 
     Only `keras.ops` is used, so the op runs (and differentiates) under the
-    TensorFlow, JAX and PyTorch backends and inside XLA. The offsets, mask and
+    TensorFlow, JAX and PyTorch backends and inside XLA. Under JAX on a GPU,
+    the fused Pallas kernels of `deform_conv_jax.py` compute the same
+    function instead (no column tensor in memory, a custom backward); the
+    environment variable `KERAS_CENTERNET_DCN=reference` or
+    `implementation="reference"` keeps this `keras.ops` version. The offsets, mask and
     bilinear sampling stay in float32 whatever the inputs' dtype; only the
     final matmul runs in the dtype of `kernel` (the compute dtype under mixed
     precision).
@@ -202,7 +232,12 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
         padding: int or pair, zero padding. Defaults to 1.
         dilation: int or pair. Defaults to 1.
         chunk_rows: optional int, output rows computed at a time. Defaults to
-            `None` (all rows at once).
+            `None` (all rows at once). The fused kernels ignore it: they
+            hold no columns.
+        implementation: optional str, `"auto"`, `"reference"` or `"fused"`.
+            Defaults to the environment variable `KERAS_CENTERNET_DCN`, else
+            `"auto"`: the fused kernels under JAX on a GPU, this version
+            elsewhere.
 
     Returns:
         Tensor (B, Ho, Wo, Cout) in the dtype of `kernel`.
@@ -229,6 +264,15 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
     )
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"`chunk_rows` must be >= 1; received {chunk_rows}.")
+    if _use_fused(
+        (x_shape, _static_shape(offsets), _static_shape(mask)), implementation
+    ):
+        from keras_centernet.ops import deform_conv_jax
+
+        return deform_conv_jax.deform_conv2d(
+            x, offsets, mask, kernel, bias, strides=strides, padding=padding,
+            dilation=dilation,
+        )
     kh, kw, cin, cout = _static_shape(kernel)
     dynamic_shape = ops.shape(x)
     # Unknown (graph-mode) sizes are read at run time; chunking needs them static.

@@ -1,0 +1,465 @@
+"""Fused modulated deformable convolution (DCNv2) for the JAX backend.
+
+The `keras.ops` version (`deform_conv.py`) writes the whole sampled column
+tensor (`B * Ho * Wo * kh * kw * Cin` float32 values) to memory, reads it back
+for the matmul, and its automatic backward scatters into the input. Here the
+bilinear gather runs inside the matmul tiles of Pallas (Triton) kernels:
+
+* forward: for a tile of output pixels, each kernel point's four neighbours
+  are gathered from the zero-padded input, mixed by the bilinear and mask
+  weights in float32 and multiplied with that point's slice of the kernel; no
+  column tensor exists in memory.
+* backward (one kernel, `jax.custom_vjp`): for a tile of pixels and one kernel
+  point, the column gradient `g @ W_k^T` stays in registers; from it and the
+  re-gathered neighbours come the input gradient (atomic adds into a float32
+  buffer), the four channel sums that give the offset and mask gradients, and
+  the kernel gradient (`columns^T @ g`, accumulated over a strip of pixel
+  tiles and summed over strips afterwards).
+
+The function is that of `deform_conv2d` in `deform_conv.py` (same sampling,
+same float32 weights, same zero padding); it is the fast path chosen on GPU,
+and the `keras.ops` version stays the reference and the fallback.
+"""
+
+import collections
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from keras_centernet.ops.deform_conv import _pair
+from keras_centernet.ops.deform_conv import validate_deform_conv_args
+
+_Geometry = collections.namedtuple(
+    "_Geometry",
+    "batch height width out_h out_w kh kw strides padding dilation m_pad",
+)
+
+KernelConfig = collections.namedtuple(
+    "KernelConfig",
+    "block_m block_c block_n fwd_warps fwd_stages bwd_block_m bwd_warps "
+    "bwd_stages bwd_programs",
+)
+KernelConfig.__doc__ = """Tile sizes and launch parameters of the fused kernels.
+
+Args:
+    block_m: int. Output pixels per forward tile.
+    block_c: int. Input channels gathered per step (both passes).
+    block_n: int. Output channels per forward tile.
+    fwd_warps: int. Warps per forward program.
+    fwd_stages: int. Software-pipelining stages of the forward loop.
+    bwd_block_m: int. Output pixels per backward tile.
+    bwd_warps: int. Warps per backward program.
+    bwd_stages: int. Software-pipelining stages of the backward loop.
+    bwd_programs: int. Rough number of backward programs to launch; sets
+        how many pixel strips the kernel gradient is split into.
+"""
+
+DEFAULT_CONFIG = KernelConfig(
+    block_m=64, block_c=64, block_n=64, fwd_warps=4, fwd_stages=2,
+    bwd_block_m=64, bwd_warps=4, bwd_stages=2, bwd_programs=1024,
+)
+
+
+def _next_power_of_2(n):
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _geometry_terms(rows, k, dy, dx, m, geom):
+    """Sampling terms of kernel point `k` for flat output pixels `rows`.
+
+    Written once for both the kernels (on `(block,)` vectors) and the
+    post-processing in XLA (on whole arrays), so both see the same float32
+    arithmetic as the `keras.ops` reference.
+
+    Returns `(top_left, ly, lx, weight, inside)`: the flat row of the
+    top-left neighbour in the zero-padded input, the fractional parts of the
+    offsets, the mask where the sample is inside `(-1, H) x (-1, W)` (else 0),
+    and that inside flag.
+    """
+    per_image = geom.out_h * geom.out_w
+    b = lax.div(rows, per_image)
+    rem = rows - b * per_image
+    oh = lax.div(rem, geom.out_w)
+    ow = rem - oh * geom.out_w
+    i = lax.div(k, geom.kw) if not isinstance(k, int) else k // geom.kw
+    j = k - i * geom.kw
+    base_h = oh * geom.strides[0] - geom.padding[0] + i * geom.dilation[0]
+    base_w = ow * geom.strides[1] - geom.padding[1] + j * geom.dilation[1]
+    fy = jnp.floor(dy)
+    fx = jnp.floor(dx)
+    ly = dy - fy
+    lx = dx - fx
+    h0 = fy.astype(jnp.int32) + base_h
+    w0 = fx.astype(jnp.int32) + base_w
+    h = base_h.astype(jnp.float32) + dy
+    w = base_w.astype(jnp.float32) + dx
+    inside = (
+        (h > -1.0) & (h < float(geom.height)) & (w > -1.0) & (w < float(geom.width))
+    )
+    weight = jnp.where(inside, m, jnp.zeros_like(m))
+    padded_w = geom.width + 2
+    h0 = jnp.clip(h0 + 1, 0, geom.height)
+    w0 = jnp.clip(w0 + 1, 0, geom.width)
+    top_left = b * ((geom.height + 2) * padded_w) + h0 * padded_w + w0
+    return top_left, ly, lx, weight, inside
+
+
+def _corner_weights(ly, lx, weight):
+    return (
+        (1.0 - ly) * (1.0 - lx) * weight,
+        (1.0 - ly) * lx * weight,
+        ly * (1.0 - lx) * weight,
+        ly * lx * weight,
+    )
+
+
+def _tile_terms(off_ref, mask_ref, m0, block_m, k, geom):
+    """Geometry of kernel point `k` for the pixel tile starting at `m0`."""
+    rows = m0 + jnp.arange(block_m, dtype=jnp.int32)
+    # Rows past the end (padding up to a whole tile) have mask 0; clamp their
+    # coordinates so that their (unused) neighbour rows stay in the input.
+    coords = jnp.minimum(rows, geom.batch * geom.out_h * geom.out_w - 1)
+    dy = off_ref[pl.ds(m0, block_m), 2 * k]
+    dx = off_ref[pl.ds(m0, block_m), 2 * k + 1]
+    m = mask_ref[pl.ds(m0, block_m), k]
+    return _geometry_terms(coords, k, dy, dx, m, geom)
+
+
+def _corner_rows(top_left, geom):
+    padded_w = geom.width + 2
+    return (top_left, top_left + 1, top_left + padded_w, top_left + padded_w + 1)
+
+
+def _gather_corners(x_ref, top_left, c0, block_c, geom):
+    return [
+        x_ref[rows, pl.ds(c0, block_c)].astype(jnp.float32)
+        for rows in _corner_rows(top_left, geom)
+    ]
+
+
+def _dot_precision(dtype, precision):
+    if jnp.dtype(dtype) != jnp.float32:
+        return None
+    return precision
+
+
+def _forward_kernel(x_ref, off_ref, mask_ref, w_ref, b_ref, y_ref, *, geom,
+                    cin, block_m, block_c, block_n, precision):
+    m0 = pl.program_id(0) * block_m
+    n0 = pl.program_id(1) * block_n
+    num_chunks = cin // block_c
+    compute_dtype = w_ref.dtype
+
+    def step(t, acc):
+        k = lax.div(t, num_chunks)
+        c0 = (t - k * num_chunks) * block_c
+        top_left, ly, lx, weight, _ = _tile_terms(
+            off_ref, mask_ref, m0, block_m, k, geom
+        )
+        values = _gather_corners(x_ref, top_left, c0, block_c, geom)
+        columns = None
+        for value, corner in zip(values, _corner_weights(ly, lx, weight)):
+            term = value * corner[:, None]
+            columns = term if columns is None else columns + term
+        w = w_ref[pl.ds(k * cin + c0, block_c), pl.ds(n0, block_n)]
+        return acc + plgpu.dot(
+            columns.astype(compute_dtype), w,
+            precision=_dot_precision(compute_dtype, precision),
+        )
+
+    acc = lax.fori_loop(
+        0, geom.kh * geom.kw * num_chunks, step,
+        jnp.zeros((block_m, block_n), jnp.float32),
+    )
+    acc = acc + b_ref[pl.ds(n0, block_n)][None, :]
+    y_ref[pl.ds(m0, block_m), pl.ds(n0, block_n)] = acc.astype(y_ref.dtype)
+
+
+def _scatter_add(ref, rows, c0, width, values, keep, interpret):
+    if interpret:
+        # The interpreter's atomic add drops repeated rows; a scatter-add on
+        # the whole (small, test-sized) buffer gives the atomic semantics.
+        cols = c0 + jnp.arange(width, dtype=jnp.int32)
+        ref[...] = ref[...].at[rows[:, None], cols[None, :]].add(values)
+    else:
+        plgpu.atomic_add(
+            ref, (rows, pl.ds(c0, width)), values,
+            mask=jnp.broadcast_to(keep[:, None], values.shape),
+        )
+
+
+def _backward_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref, _dx_in,
+                     dx_ref, sums_ref, dw_ref, *, geom, cin, block_m, block_c,
+                     tiles_per_strip, precision, interpret):
+    strip = pl.program_id(0)
+    point = pl.program_id(1)
+    num_chunks = cin // block_c
+    k = lax.div(point, num_chunks)
+    chunk = point - k * num_chunks
+    c0 = chunk * block_c
+    compute_dtype = w_ref.dtype
+    dot_precision = _dot_precision(compute_dtype, precision)
+    w = w_ref[pl.ds(k * cin + c0, block_c), :]
+    cout = w.shape[1]
+
+    def step(t, acc):
+        m0 = (strip * tiles_per_strip + t) * block_m
+        top_left, ly, lx, weight, _ = _tile_terms(
+            off_ref, mask_ref, m0, block_m, k, geom
+        )
+        g = g_ref[pl.ds(m0, block_m), :]
+        d_columns = plgpu.dot(g, w, trans_b=True, precision=dot_precision)
+        values = _gather_corners(x_ref, top_left, c0, block_c, geom)
+        keep = weight != 0.0
+        columns = None
+        corners = _corner_weights(ly, lx, weight)
+        for corner, (rows, value, corner_weight) in enumerate(
+            zip(_corner_rows(top_left, geom), values, corners)
+        ):
+            # Channel sums of d_columns * neighbour: the offset and mask
+            # gradients follow from these four numbers per pixel and point.
+            sums_ref[chunk, 4 * k + corner, pl.ds(m0, block_m)] = (
+                jnp.sum(d_columns * value, axis=1)
+            )
+            _scatter_add(
+                dx_ref, rows, c0, block_c,
+                d_columns * corner_weight[:, None], keep, interpret,
+            )
+            term = value * corner_weight[:, None]
+            columns = term if columns is None else columns + term
+        return acc + plgpu.dot(
+            columns.astype(compute_dtype), g, trans_a=True,
+            precision=dot_precision,
+        )
+
+    acc = lax.fori_loop(
+        0, tiles_per_strip, step, jnp.zeros((block_c, cout), jnp.float32)
+    )
+    dw_ref[strip, pl.ds(k * cin + c0, block_c), :] = acc
+
+
+def _strips(num_tiles, points, target_programs):
+    """Largest divisor of `num_tiles` giving about `target_programs` programs."""
+    wanted = max(1, min(num_tiles, target_programs // max(points, 1)))
+    for strips in range(wanted, 0, -1):
+        if num_tiles % strips == 0:
+            return strips
+    return 1
+
+
+@functools.lru_cache(maxsize=None)
+def _build(geom, cin, cout, x_dtype, compute_dtype, config, precision,
+           interpret):
+    """The `custom_vjp` function of padded, flattened operands for one shape."""
+    block_c = min(config.block_c, cin)
+    block_n = min(config.block_n, cout)
+    block_m = config.block_m
+    bwd_block_m = config.bwd_block_m
+    num_points = geom.kh * geom.kw
+    num_chunks = cin // block_c
+    padded_rows = geom.batch * (geom.height + 2) * (geom.width + 2)
+    fwd_params = plgpu.CompilerParams(
+        num_warps=config.fwd_warps, num_stages=config.fwd_stages
+    )
+    bwd_params = plgpu.CompilerParams(
+        num_warps=config.bwd_warps, num_stages=config.bwd_stages
+    )
+
+    def forward(x, offsets, mask, w, bias):
+        kernel = functools.partial(
+            _forward_kernel, geom=geom, cin=cin, block_m=block_m,
+            block_c=block_c, block_n=block_n, precision=precision,
+        )
+        return pl.pallas_call(
+            kernel,
+            grid=(geom.m_pad // block_m, cout // block_n),
+            out_shape=jax.ShapeDtypeStruct((geom.m_pad, cout), compute_dtype),
+            compiler_params=fwd_params,
+            interpret=interpret,
+            name="deform_conv2d_forward",
+        )(x, offsets, mask, w, bias)
+
+    @jax.custom_vjp
+    def op(x, offsets, mask, w, bias):
+        return forward(x, offsets, mask, w, bias)
+
+    def op_fwd(x, offsets, mask, w, bias):
+        return forward(x, offsets, mask, w, bias), (x, offsets, mask, w)
+
+    def op_bwd(residuals, g):
+        x, offsets, mask, w = residuals
+        num_tiles = geom.m_pad // bwd_block_m
+        strips = _strips(num_tiles, num_points * num_chunks, config.bwd_programs)
+        tiles_per_strip = num_tiles // strips
+        kernel = functools.partial(
+            _backward_kernel, geom=geom, cin=cin, block_m=bwd_block_m,
+            block_c=block_c, tiles_per_strip=tiles_per_strip,
+            precision=precision, interpret=interpret,
+        )
+        dx, sums, dw = pl.pallas_call(
+            kernel,
+            grid=(strips, num_points * num_chunks),
+            out_shape=(
+                jax.ShapeDtypeStruct((padded_rows, cin), jnp.float32),
+                jax.ShapeDtypeStruct(
+                    (num_chunks, 4 * num_points, geom.m_pad), jnp.float32
+                ),
+                jax.ShapeDtypeStruct(
+                    (strips, num_points * cin, cout), jnp.float32
+                ),
+            ),
+            input_output_aliases={5: 0},
+            compiler_params=bwd_params,
+            interpret=interpret,
+            name="deform_conv2d_backward",
+        )(x, offsets, mask, w, g, jnp.zeros((padded_rows, cin), jnp.float32))
+        d_offsets, d_mask = _offset_and_mask_grads(
+            jnp.sum(sums, axis=0), offsets, mask, geom
+        )
+        return (
+            dx.astype(x.dtype),
+            d_offsets,
+            d_mask,
+            jnp.sum(dw, axis=0).astype(w.dtype),
+            jnp.sum(g.astype(jnp.float32), axis=0),
+        )
+
+    op.defvjp(op_fwd, op_bwd)
+    return op
+
+
+def _offset_and_mask_grads(sums, offsets, mask, geom):
+    """Offset and mask gradients from the four neighbour sums per sample."""
+    num_points = geom.kh * geom.kw
+    sums = jnp.transpose(sums.reshape(num_points, 4, geom.m_pad), (2, 0, 1))
+    s00, s01, s10, s11 = (sums[..., c] for c in range(4))
+    rows = jnp.minimum(
+        jnp.arange(geom.m_pad, dtype=jnp.int32),
+        geom.batch * geom.out_h * geom.out_w - 1,
+    )[:, None]
+    points = jnp.arange(num_points, dtype=jnp.int32)[None, :]
+    _, ly, lx, weight, inside = _geometry_terms(
+        rows, points, offsets[:, 0::2], offsets[:, 1::2], mask, geom
+    )
+    bilinear = (
+        (1.0 - ly) * (1.0 - lx) * s00 + (1.0 - ly) * lx * s01
+        + ly * (1.0 - lx) * s10 + ly * lx * s11
+    )
+    d_mask = jnp.where(inside, bilinear, jnp.zeros_like(bilinear))
+    d_dy = weight * ((1.0 - lx) * (s10 - s00) + lx * (s11 - s01))
+    d_dx = weight * ((1.0 - ly) * (s01 - s00) + ly * (s11 - s10))
+    d_offsets = jnp.stack([d_dy, d_dx], axis=-1).reshape(geom.m_pad, 2 * num_points)
+    return d_offsets, d_mask
+
+
+def _default_precision():
+    setting = jax.config.jax_default_matmul_precision
+    if setting is not None and str(setting).lower() in (
+        "highest", "float32", "precision.highest"
+    ):
+        return lax.Precision.HIGHEST
+    return lax.Precision.DEFAULT
+
+
+def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
+                  dilation=1, config=None, precision=None, interpret=None):
+    """Modulated deformable 2D convolution (DCNv2) with fused Pallas kernels.
+
+    The same function as `keras_centernet.ops.deform_conv.deform_conv2d`
+    (see there for the sampling rule and the layouts), for `jax.Array`
+    inputs of static shape. The bilinear samples are never written to
+    memory: they are formed inside the matmul tiles, in float32, and cast to
+    the dtype of `kernel` (the compute dtype under mixed precision) just
+    before the product, which accumulates in float32. The gradient is a
+    custom VJP: the input gradient is accumulated with atomic adds in
+    float32, so its last bits may vary between runs.
+
+    Args:
+        x: array (B, H, W, Cin). The input; gathered in its own dtype.
+        offsets: array (B, Ho, Wo, 2 * kh * kw), (dy, dx) per kernel point.
+        mask: array (B, Ho, Wo, kh * kw). Modulation, already in (0, 1).
+        kernel: array (kh, kw, Cin, Cout).
+        bias: optional array (Cout,).
+        strides: int or pair. Defaults to 1.
+        padding: int or pair, zero padding. Defaults to 1.
+        dilation: int or pair. Defaults to 1.
+        config: optional `KernelConfig`. Defaults to `DEFAULT_CONFIG`.
+        precision: optional `jax.lax.Precision` of the float32 products
+            (`DEFAULT` lets the GPU use TF32, `HIGHEST` keeps IEEE float32).
+            Defaults to `HIGHEST` where `jax_default_matmul_precision` asks
+            for float32, else `DEFAULT`. Ignored for other dtypes.
+        interpret: optional bool, run the kernels in the Pallas interpreter.
+            Defaults to `True` unless the default backend is a GPU.
+
+    Returns:
+        Array (B, Ho, Wo, Cout) in the dtype of `kernel`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.random.rand(1, 8, 8, 4).astype("float32")
+    >>> kernel = np.random.rand(3, 3, 4, 6).astype("float32")
+    >>> offsets = np.zeros((1, 8, 8, 18), "float32")
+    >>> mask = np.ones((1, 8, 8, 9), "float32")
+    >>> y = deform_conv2d(x, offsets, mask, kernel)  # == a plain 3x3 conv
+    >>> tuple(y.shape)
+    (1, 8, 8, 6)
+    """
+    strides = _pair(strides, "strides")
+    padding = _pair(padding, "padding")
+    dilation = _pair(dilation, "dilation")
+    x = jnp.asarray(x)
+    offsets = jnp.asarray(offsets)
+    mask = jnp.asarray(mask)
+    kernel = jnp.asarray(kernel)
+    out_h, out_w = validate_deform_conv_args(
+        x.shape, offsets.shape, mask.shape, kernel.shape,
+        None if bias is None else jnp.shape(bias), strides, padding, dilation,
+    )
+    config = DEFAULT_CONFIG if config is None else config
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    if precision is None:
+        precision = _default_precision()
+    batch, height, width, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    compute_dtype = kernel.dtype
+    # Triton tiles need power-of-two sizes of at least 16.
+    cin_p = max(16, _next_power_of_2(cin))
+    cout_p = max(16, _next_power_of_2(cout))
+    num_pixels = batch * out_h * out_w
+    tile = math.lcm(config.block_m, config.bwd_block_m)
+    m_pad = -(-num_pixels // tile) * tile
+    geom = _Geometry(
+        batch, height, width, out_h, out_w, kh, kw, strides, padding, dilation,
+        m_pad,
+    )
+
+    x_flat = jnp.pad(
+        x, [(0, 0), (1, 1), (1, 1), (0, cin_p - cin)]
+    ).reshape(-1, cin_p)
+    offsets = offsets.astype(jnp.float32).reshape(num_pixels, 2 * kh * kw)
+    mask = mask.astype(jnp.float32).reshape(num_pixels, kh * kw)
+    if m_pad != num_pixels:
+        offsets = jnp.pad(offsets, [(0, m_pad - num_pixels), (0, 0)])
+        mask = jnp.pad(mask, [(0, m_pad - num_pixels), (0, 0)])
+    w = kernel
+    if cin_p != cin or cout_p != cout:
+        w = jnp.pad(w, [(0, 0), (0, 0), (0, cin_p - cin), (0, cout_p - cout)])
+    w = w.reshape(kh * kw * cin_p, cout_p)
+    if bias is None:
+        b = jnp.zeros((cout_p,), jnp.float32)
+    else:
+        b = jnp.pad(jnp.asarray(bias).astype(jnp.float32), [(0, cout_p - cout)])
+
+    op = _build(
+        geom, cin_p, cout_p, jnp.dtype(x.dtype), jnp.dtype(compute_dtype),
+        config, precision, bool(interpret),
+    )
+    y = op(x_flat, offsets, mask, w, b)
+    return y[:num_pixels, :cout].reshape(batch, out_h, out_w, cout)
