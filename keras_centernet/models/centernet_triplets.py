@@ -95,6 +95,9 @@ class CenterNetTriplets(keras.Model):
         size_divisor: int. Defaults to 128 (the hourglass' stride).
         score_threshold: float. `predict` blanks detections scoring at most
             this. Defaults to 0.0 (which also blanks rejected pairs, -1).
+        flip_test: bool. `predict` also decodes the mirrored images and
+            joins their pairs and centres (the official test). Defaults to
+            False.
         focal_clamp_gradient: `"official"` or `"straight_through"`.
 
     Example:
@@ -128,6 +131,7 @@ class CenterNetTriplets(keras.Model):
         bounding_box_format="xyxy",
         size_divisor=128,
         score_threshold=0.0,
+        flip_test=False,
         focal_clamp_gradient="official",
         **kwargs,
     ):
@@ -191,6 +195,7 @@ class CenterNetTriplets(keras.Model):
         self.bounding_box_format = bounding_box_format
         self.size_divisor = size_divisor
         self.score_threshold = float(score_threshold)
+        self.flip_test = bool(flip_test)
         self.focal_clamp_gradient = focal_clamp_gradient
 
         # === Loss parts, reported as metrics ===
@@ -316,9 +321,17 @@ class CenterNetTriplets(keras.Model):
     def detect(self, images):
         """DESIGN.md's detections of a batch: `boxes` `xyxy` in input pixels, `scores`, `labels`, `num_detections`."""
         images = ops.cast(ops.convert_to_tensor(images), "float32")
-        raw = self(images, training=False)
+        flipped = None
+        if self.flip_test:
+            # One batch of 2B: the images, then their mirrors.
+            both = self(ops.concatenate([images, ops.flip(images, axis=2)], axis=0), training=False)
+            batch = ops.shape(images)[0]
+            raw = {name: value[:batch] for name, value in both.items()}
+            flipped = {name: value[batch:] for name, value in both.items()}
+        else:
+            raw = self(images, training=False)
         detections = decode_triplets(
-            raw, max_detections=self.max_detections, top_k=self.top_k, ae_threshold=self.ae_threshold,
+            raw, flipped_outputs=flipped, max_detections=self.max_detections, top_k=self.top_k, ae_threshold=self.ae_threshold,
             num_candidates=self.num_candidates, stride=images.shape[2] / raw["top_left_heatmap"].shape[2],
             use_soft_nms=self.use_soft_nms,
         )
@@ -345,6 +358,7 @@ class CenterNetTriplets(keras.Model):
                 "bounding_box_format": self.bounding_box_format,
                 "size_divisor": self.size_divisor,
                 "score_threshold": self.score_threshold,
+                "flip_test": self.flip_test,
                 "focal_clamp_gradient": self.focal_clamp_gradient,
             }
         )

@@ -107,6 +107,38 @@ def test_central_region_is_scale_aware():
     assert decode(outputs)["scores"][0, 0] < 1e-3
 
 
+@pytest.mark.multi_backend
+def test_flip_test_joins_mirrored_pairs_and_centres():
+    # The mirror of box A (13, 17, 49, 41) in a 128-pixel image is (79, 17, 115, 41):
+    # map corners (19, 4) and (28, 10) with x offsets 0.75; its centre x = 97.
+    def mirrored_a(outputs, with_center=True):
+        plant(outputs, "top_left", 19, 4, 0, 0.9, offset=(0.75, 0.25), embedding=2.0)
+        plant(outputs, "bottom_right", 28, 10, 0, 0.8, offset=(0.75, 0.25), embedding=2.2)
+        if with_center:
+            plant(outputs, "center", 24, 7, 0, 0.7, offset=(0.25, 0.25))
+
+    # Only the mirror sees the object: its box comes back in original pixels.
+    flipped = constructed_maps()
+    mirrored_a(flipped)
+    detections = decode(constructed_maps(), flipped_outputs=flipped)
+    np.testing.assert_allclose(detections["boxes"][0, 0], [13, 17, 49, 41], atol=1e-4)
+    assert detections["scores"][0, 0] == pytest.approx(0.8, rel=1e-5)
+    # Corners in the image, the centre in the mirror only (x = 128 - 97 = 31): kept.
+    original = constructed_maps()
+    box_a(original, center=None)
+    flipped = constructed_maps()
+    plant(flipped, "center", 24, 7, 0, 0.7, offset=(0.25, 0.25))
+    detections = decode(original, flipped_outputs=flipped, use_soft_nms=False)
+    assert detections["scores"][0, 0] == pytest.approx(0.8, rel=1e-5)
+    # Seen in both: the duplicate is decayed by Soft-NMS (IoU 1: exp(-1 / 0.5)).
+    original = constructed_maps()
+    box_a(original)
+    flipped = constructed_maps()
+    mirrored_a(flipped)
+    detections = decode(original, flipped_outputs=flipped)
+    np.testing.assert_allclose(detections["scores"][0, :2], [0.8, 0.8 * math.exp(-2.0)], rtol=1e-4)
+
+
 def tiny_model(num_stacks=1, **kwargs):
     backbone = HourglassBackbone(
         num_stacks=num_stacks, dims=(16, 16, 24), num_blocks=(1, 1, 1), stem_channels=16, output_channels=16
@@ -153,6 +185,11 @@ class TestCenterNetTriplets(TestCase):
             "boxes": (2, 10, 4), "scores": (2, 10), "labels": (2, 10), "num_detections": (2,)
         }
         assert np.all(np.diff(detections["scores"], axis=1) <= 0)
+        model.flip_test = True
+        model.predict_function = None
+        flipped = model.predict(images, verbose=0)
+        assert flipped["boxes"].shape == (2, 10, 4)
+        assert model.get_config()["flip_test"] is True
 
 
 def pooling_module_parameters(dim, pool, cascade):
