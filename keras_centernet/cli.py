@@ -45,6 +45,17 @@ def _parse_ints(text):
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _parse_pair(text, kind, flag):
+    """`"a,b"` -> `(a, b)` with 0 < a <= b, or a UsageError naming the flag."""
+    try:
+        low, high = (kind(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} takes two numbers min,max; received {text!r}.") from None
+    if not 0 < low <= high:
+        raise UsageError(f"{flag} needs 0 < min <= max; received {text!r}.")
+    return low, high
+
+
 # --- data --------------------------------------------------------------------
 
 
@@ -68,6 +79,13 @@ def add_data_arguments(parser, training):
                        help="synthetic: validation images (default 200)")
     group.add_argument("--num-classes", type=int, default=None,
                        help="synthetic: number of shape classes, 1-5 (default 5)")
+    group.add_argument("--class-colors", action="store_true",
+                       help="synthetic: each class in its own colour (an easier set)")
+    group.add_argument("--object-size", default="8,200",
+                       help="synthetic: min,max shape size in pixels at 512 px, scaled with "
+                            "the image (default 8,200)")
+    group.add_argument("--objects-per-image", default="1,10",
+                       help="synthetic: min,max shapes per image (default 1,10)")
     group.add_argument("--image-size", type=int, default=512,
                        help="input size, a multiple of 32 (128 for hourglasses); default 512")
     group.add_argument("--batch-size", type=int, default=32 if training else 8)
@@ -90,11 +108,13 @@ def make_dataset(args, training, split=None):
         kwargs = dict(placement)
         if args.num_classes:
             kwargs["num_classes"] = args.num_classes
+        kwargs["object_size"] = _parse_pair(args.object_size, float, "--object-size")
+        kwargs["objects_per_image"] = _parse_pair(args.objects_per_image, int, "--objects-per-image")
         dataset = kc.data.synthetic(
             num_images=args.num_images if training else args.num_val_images,
             image_size=size, batch_size=args.batch_size, training=training,
             # Validation images are other images than the training ones.
-            seed=0 if training else 1, **kwargs,
+            seed=0 if training else 1, class_colors=args.class_colors, **kwargs,
         )
     elif args.dataset == "coco-json":
         images = args.images if training else (args.val_images or args.images)
@@ -443,12 +463,17 @@ def build_parser():
     demo = commands.add_parser(
         "demo", help="the main job: train on the built-in synthetic set, evaluate, draw")
     add_data_arguments(demo, training=True)
-    add_training_arguments(demo, preset="resnet18", epochs=8, eval_every=0)
-    # A few CPU minutes from scratch: small images, a cosine schedule, and the
-    # straight-through focal clamp (from scratch at this rate the official
-    # clamp leaves some centres without gradient).
-    demo.set_defaults(func=run_demo, image_size=128, batch_size=16, num_images=512,
-                      num_val_images=64, epochs=8, schedule="cosine", learning_rate=1e-3,
+    add_training_arguments(demo, preset="resnet18_small", epochs=56, eval_every=0)
+    # About ten CPU minutes from scratch (benchmarks/results/demo.md): the small
+    # preset at 128 px, the easy synthetic set (class colours, larger and fewer
+    # shapes), a warmed-up cosine schedule, the augmentation batched inside the
+    # step (the two cores train instead of augmenting), and the straight-through
+    # focal clamp (from scratch the official clamp leaves some centres without
+    # gradient).
+    demo.set_defaults(func=run_demo, image_size=128, batch_size=32, num_images=512,
+                      num_val_images=128, schedule="cosine", learning_rate=2e-3,
+                      warmup_epochs=3.0, augment_on="accelerator", class_colors=True,
+                      object_size="48,360", objects_per_image="1,6",
                       focal_clamp_gradient="straight_through",
                       output_dir=os.path.join("saved_models", "demo"), resume=True, verbose=2)
 

@@ -47,6 +47,9 @@ class ResNetBackbone(keras.Model):
 
     Args:
         depth: int. 18, 34, 50, 101 or 152. Defaults to 18.
+        width: int. Planes of the stem and the first stage; each later stage
+            doubles them. Defaults to 64 (the paper's ResNets; smaller widths
+            make fast CPU models, such as the `resnet18_small` preset).
         dtype: string or `keras.DTypePolicy`. The dtype policy of the layers.
             Defaults to `None` (the global policy).
 
@@ -62,15 +65,17 @@ class ResNetBackbone(keras.Model):
         Recognition", CVPR 2016.
     """
 
-    def __init__(self, depth=18, dtype=None, **kwargs):
+    def __init__(self, depth=18, width=64, dtype=None, **kwargs):
         if not isinstance(depth, int) or isinstance(depth, bool) or depth not in RESNET_SPECS:
             raise ValueError(f"`depth` must be one of {sorted(RESNET_SPECS)}; received {depth!r}.")
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"`width` must be a positive int; received {width!r}.")
         block, blocks = RESNET_SPECS[depth]
         self._builder = GraphBuilder(dtype)
 
         # === Functional Model ===
         images = keras.Input((None, None, 3), name="images")
-        x = self._conv(images, 64, 7, 2, "conv1")
+        x = self._conv(images, width, 7, 2, "conv1")
         x = self._batch_norm(x, "bn1")
         x = self._relu(x, "relu")
         # MaxPool2d(3, 2, padding=1) pads with -inf; after a ReLU every value
@@ -78,8 +83,9 @@ class ResNetBackbone(keras.Model):
         x = keras.layers.ZeroPadding2D(1, dtype=dtype, name="maxpool-pad")(x)
         x = keras.layers.MaxPooling2D(3, 2, dtype=dtype, name="maxpool")(x)
         features = []
-        channels_in = 64
-        for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+        channels_in = width
+        stage_planes = (width, 2 * width, 4 * width, 8 * width)
+        for stage, (planes, count) in enumerate(zip(stage_planes, blocks)):
             for index in range(count):
                 stride = 2 if stage > 0 and index == 0 else 1
                 name = f"layer{stage + 1}.{index}"
@@ -97,6 +103,7 @@ class ResNetBackbone(keras.Model):
         if dtype is not None:
             self.dtype_policy = keras.dtype_policies.get(dtype)
         self.depth = depth
+        self.width = width
 
     # The official argument order of `conv3x3(in, out, stride)`, on the shared builder.
     def _conv(self, x, filters, kernel_size, strides, name):
@@ -136,6 +143,7 @@ class ResNetBackbone(keras.Model):
             "trainable": self.trainable,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "depth": self.depth,
+            "width": self.width,
         }
 
     @classmethod
@@ -146,9 +154,9 @@ class ResNetBackbone(keras.Model):
         return cls(**config)
 
 
-def _preset(depth, use_dcn, filters, description):
+def _preset(depth, use_dcn, filters, description, width=64):
     return {
-        "backbone": lambda: ResNetBackbone(depth=depth),
+        "backbone": lambda: ResNetBackbone(depth=depth, width=width),
         "neck": lambda: UpConvNeck(filters=filters, kernel_sizes=(4, 4, 4), use_dcn=use_dcn),
         # The official `opts.py`: head_conv 64 for every architecture but DLA.
         "head_channels": 64,
@@ -162,6 +170,13 @@ PRESETS = {
         18, False, (256, 256, 256),
         "ResNet-18 with three plain 4x4 up-convolutions of 256 channels (official "
         "`msra_resnet.py`, `--arch res_18`).",
+    ),
+    "resnet18_small": _preset(
+        18, False, (128, 64, 64),
+        "ResNet-18 at half width (32 to 256 planes) with three plain 4x4 up-convolutions of "
+        "128, 64, 64 channels: 3.6M parameters, not in the paper; a fast CPU model that learns "
+        "from scratch in minutes (the demo's).",
+        width=32,
     ),
     "resnet18_dcn": _preset(
         18, True, (256, 128, 64),
