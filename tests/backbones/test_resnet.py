@@ -257,8 +257,10 @@ class TestResNetBackbone(TestCase):
 
 class TestPresets(TestCase):
     def test_presets_are_the_official_architectures(self):
-        assert set(PRESETS) == {"resnet18", "resnet18_dcn", "resnet34_dcn", "resnet50_dcn", "resnet101_dcn"}
-        for name, spec in PRESETS.items():
+        official = {"resnet18", "resnet18_dcn", "resnet34_dcn", "resnet50_dcn", "resnet101_dcn"}
+        assert set(PRESETS) == official | {"resnet18_small"}
+        for name in sorted(official):
+            spec = PRESETS[name]
             assert (spec["head_channels"], spec["size_divisor"]) == (64, 32), name
             neck = spec["neck"]()
             assert neck.kernel_sizes == (4, 4, 4)
@@ -266,6 +268,15 @@ class TestPresets(TestCase):
             assert neck.use_dcn == (name != "resnet18")
         assert "28.1" in PRESETS["resnet18_dcn"]["description"]
         assert "34.6" in PRESETS["resnet101_dcn"]["description"]
+
+    def test_small_preset_is_half_width_resnet18_with_plain_necks(self):
+        model = kc.CenterNet.from_preset("resnet18_small", num_classes=3)
+        assert model.backbone.depth == 18 and model.backbone.width == 32
+        assert model.neck.filters == (128, 64, 64) and not model.neck.use_dcn
+        raw = model(np.zeros((1, 64, 64, 3), "float32"))
+        assert tuple(raw["heatmap"].shape) == (1, 16, 16, 3)
+        # Half the planes: each 3x3 conv has a quarter of ResNet-18's weights.
+        assert 3.0e6 < model.count_params() < 4.0e6
 
     def test_presets_build_at_small_size(self):
         for preset, depth in (("resnet34_dcn", 34), ("resnet50_dcn", 50)):
