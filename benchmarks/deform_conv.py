@@ -6,7 +6,9 @@ forward and forward+backward, and writes a markdown table:
     KERAS_BACKEND=jax python benchmarks/deform_conv.py            # GPU machine
     KERAS_BACKEND=jax python benchmarks/deform_conv.py --cpu-quick  # here, on CPU
 
-Our op runs under the JAX backend, compiled with `jax.jit`. The plain
+Our op runs under the JAX backend, compiled with `jax.jit`, in each of its
+implementations: the `keras.ops` reference and, on a GPU, the fused Pallas
+kernels, whose agreement with the reference is checked on every shape. The plain
 convolution is `keras.ops.conv` of the same shape (what DCN costs over a
 convolution). torchvision's `deform_conv2d` (CUDA kernel) runs where torch
 with CUDA and torchvision are installed. Peak memory: for JAX, the compiled
@@ -70,33 +72,52 @@ def make_inputs(rng, batch, size, cin, cout):
     return x, offsets, mask, kernel, bias
 
 
-def jax_cases(inputs):
+def jax_cases(inputs, implementations=("reference",), dtype="float32"):
+    """Compiled timings and peak memory of DCN (each implementation) and a conv.
+
+    Returns `{name: (ms, peak_bytes)}` with names `<impl>`, `<impl>_fb`,
+    `conv`, `conv_fb`. Inputs and kernel are cast to `dtype` (bfloat16 as
+    under mixed precision: offsets and mask stay float32, as Keras' layers
+    keep them).
+    """
     import jax
     import jax.numpy as jnp
 
     x, offsets, mask, kernel, bias = [jnp.asarray(a) for a in inputs]
+    x, kernel, bias = (a.astype(dtype) for a in (x, kernel, bias))
 
-    def dcn(x, offsets, mask, kernel, bias):
-        return deform_conv2d(x, offsets, mask, kernel, bias)
+    def make_dcn(implementation):
+        def dcn(x, offsets, mask, kernel, bias):
+            return deform_conv2d(x, offsets, mask, kernel, bias, implementation=implementation)
+
+        def dcn_loss(x, offsets, mask, kernel, bias):
+            return jnp.sum(dcn(x, offsets, mask, kernel, bias).astype("float32"))
+
+        return dcn, dcn_loss
 
     def conv(x, kernel, bias):
         return ops.conv(x, kernel, padding="same") + bias
 
-    def dcn_loss(x, offsets, mask, kernel, bias):
-        return jnp.sum(dcn(x, offsets, mask, kernel, bias))
-
     def conv_loss(x, kernel, bias):
-        return jnp.sum(conv(x, kernel, bias))
+        return jnp.sum(conv(x, kernel, bias).astype("float32"))
 
-    cases = {
-        "ours": (jax.jit(dcn), (x, offsets, mask, kernel, bias)),
-        "ours_fb": (jax.jit(jax.grad(dcn_loss, argnums=(0, 1, 2, 3, 4))), (x, offsets, mask, kernel, bias)),
-        "conv": (jax.jit(conv), (x, kernel, bias)),
-        "conv_fb": (jax.jit(jax.grad(conv_loss, argnums=(0, 1, 2))), (x, kernel, bias)),
-    }
+    dcn_args = (x, offsets, mask, kernel, bias)
+    cases = {}
+    for implementation in implementations:
+        dcn, dcn_loss = make_dcn(implementation)
+        cases[implementation] = (jax.jit(dcn), dcn_args)
+        cases[implementation + "_fb"] = (
+            jax.jit(jax.grad(dcn_loss, argnums=(0, 1, 2, 3, 4))), dcn_args)
+    cases["conv"] = (jax.jit(conv), (x, kernel, bias))
+    cases["conv_fb"] = (jax.jit(jax.grad(conv_loss, argnums=(0, 1, 2))), (x, kernel, bias))
     results = {}
     for name, (fn, args) in cases.items():
-        compiled = fn.lower(*args).compile()
+        try:
+            compiled = fn.lower(*args).compile()
+        except Exception as error:  # a kernel that fails to compile is reported, not fatal
+            print(f"  {name}: {type(error).__name__}: {str(error)[:300]}", flush=True)
+            results[name] = (None, None)
+            continue
         analysis = compiled.memory_analysis()
         peak = None
         if analysis is not None:
@@ -108,6 +129,37 @@ def jax_cases(inputs):
         ms = median_ms(lambda: compiled(*args), jax.block_until_ready)
         results[name] = (ms, peak)
     return results
+
+
+def parity(inputs, implementation="fused"):
+    """Largest differences of `implementation` from the keras.ops reference.
+
+    Both run with float32 products at full precision (`highest`), so what
+    remains is summation order. Returns `{"y", "dx", "doffsets", "dmask",
+    "dkernel", "dbias"}` -> max |a - b| / max(1, max |b|).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    args = [jnp.asarray(a) for a in inputs]
+    out = {}
+    with jax.default_matmul_precision("highest"):
+        values = {}
+        for impl in ("reference", implementation):
+            def loss(x, offsets, mask, kernel, bias, impl=impl):
+                y = deform_conv2d(x, offsets, mask, kernel, bias, implementation=impl)
+                # A fixed non-uniform cotangent: every output element counts differently.
+                weights = jnp.cos(jnp.arange(y.size, dtype="float32")).reshape(y.shape)
+                return jnp.sum(y * weights), y
+
+            (_, y), grads = jax.jit(
+                jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+            values[impl] = (y, *grads)
+    for name, a, b in zip(("y", "dx", "doffsets", "dmask", "dkernel", "dbias"),
+                          values[implementation], values["reference"]):
+        scale = max(1.0, float(jnp.max(jnp.abs(b))))
+        out[name] = float(jnp.max(jnp.abs(a - b))) / scale
+    return out
 
 
 def torchvision_cases(inputs):
@@ -166,87 +218,142 @@ def ratio(a, b):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--implementations", default=None,
+                        help="comma-separated DCN implementations to time "
+                             "(default: reference,fused on a GPU, reference elsewhere)")
+    parser.add_argument("--bf16-batches", type=int, nargs="*", default=[32],
+                        help="batches also timed in bfloat16 (mixed precision's compute dtype)")
+    parser.add_argument("--budget", type=float, default=540.0,
+                        help="seconds; shapes left when it runs out are skipped and said so")
     parser.add_argument("--cpu-quick", action="store_true",
-                        help="batch 1 only (the CPU of the development machine)")
+                        help="batch 1 only, float32 (the CPU of the development machine)")
     parser.add_argument("--output", default=None, help="markdown file to write")
     args = parser.parse_args()
     if keras.backend.backend() != "jax":
         raise SystemExit("Run with KERAS_BACKEND=jax.")
     import jax
 
-    batches = [1] if args.cpu_quick else args.batches
+    started = time.perf_counter()
     platform = jax.devices()[0].platform
     device_name = jax.devices()[0].device_kind
+    if args.implementations:
+        implementations = tuple(args.implementations.split(","))
+    else:
+        implementations = ("reference", "fused") if platform == "gpu" else ("reference",)
+    runs = [(b, "float32") for b in ([1] if args.cpu_quick else args.batches)]
+    if not args.cpu_quick:
+        runs += [(b, "bfloat16") for b in args.bf16_batches]
     output = args.output or os.path.join(
         os.path.dirname(__file__), "results",
         "deform_conv.md" if platform == "gpu" else "deform_conv_cpu.md",
     )
     rng = np.random.default_rng(0)
+    short = {"reference": "ref", "fused": "fused"}
+    names = [short.get(i, i) for i in implementations]
+    best = implementations[-1]
     header = (
-        "| network | layer | map | Cin->Cout | batch | ours fwd ms | conv fwd ms | tv fwd ms "
-        "| ours fwd+bwd ms | conv fwd+bwd ms | tv fwd+bwd ms | ours/conv fwd | ours/conv f+b "
-        "| tv/ours fwd | tv/ours f+b | peak MiB ours f+b | conv f+b | tv f+b |"
+        "| network | layer | map | Cin->Cout | batch | dtype | "
+        + " | ".join(f"{n} fwd ms" for n in names) + " | conv fwd ms | tv fwd ms | "
+        + " | ".join(f"{n} f+b ms" for n in names) + " | conv f+b ms | tv f+b ms | "
+        + f"{short.get(best, best)}/conv fwd | {short.get(best, best)}/conv f+b | "
+        + f"tv/{short.get(best, best)} f+b | peak MiB f+b "
+        + " / ".join(names) + " / conv / tv |"
     )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    parity_rows = [
+        "| network | layer | map | Cin->Cout | batch | y | dx | doffsets | dmask | dkernel | dbias |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     totals = {}
-    for batch in batches:
+    skipped = []
+    get = lambda d, k, i: d[k][i] if k in d else None  # noqa: E731
+    for batch, dtype in runs:
         for network, layer, size, cin, cout, count in SHAPES:
+            if time.perf_counter() - started > args.budget:
+                skipped.append(f"{network} {layer} batch {batch} {dtype}")
+                continue
             inputs = make_inputs(rng, batch, size, cin, cout)
-            ours = jax_cases(inputs)
-            tv = torchvision_cases(inputs) or {}
-            get = lambda d, k, i: d[k][i] if k in d else None  # noqa: E731
-            row = [
-                network, layer, f"{size}x{size}", f"{cin}->{cout}", str(batch),
-                fmt_ms(get(ours, "ours", 0)), fmt_ms(get(ours, "conv", 0)), fmt_ms(get(tv, "tv", 0)),
-                fmt_ms(get(ours, "ours_fb", 0)), fmt_ms(get(ours, "conv_fb", 0)), fmt_ms(get(tv, "tv_fb", 0)),
-                ratio(get(ours, "ours", 0), get(ours, "conv", 0)),
-                ratio(get(ours, "ours_fb", 0), get(ours, "conv_fb", 0)),
-                ratio(get(tv, "tv", 0), get(ours, "ours", 0)),
-                ratio(get(tv, "tv_fb", 0), get(ours, "ours_fb", 0)),
-                fmt_mib(get(ours, "ours_fb", 1)), fmt_mib(get(ours, "conv_fb", 1)), fmt_mib(get(tv, "tv_fb", 1)),
+            ours = jax_cases(inputs, implementations, dtype)
+            tv = (torchvision_cases(inputs) or {}) if dtype == "float32" else {}
+            row = [network, layer, f"{size}x{size}", f"{cin}->{cout}", str(batch), dtype]
+            row += [fmt_ms(get(ours, i, 0)) for i in implementations]
+            row += [fmt_ms(get(ours, "conv", 0)), fmt_ms(get(tv, "tv", 0))]
+            row += [fmt_ms(get(ours, i + "_fb", 0)) for i in implementations]
+            row += [fmt_ms(get(ours, "conv_fb", 0)), fmt_ms(get(tv, "tv_fb", 0))]
+            row += [
+                ratio(get(ours, best, 0), get(ours, "conv", 0)),
+                ratio(get(ours, best + "_fb", 0), get(ours, "conv_fb", 0)),
+                ratio(get(tv, "tv_fb", 0), get(ours, best + "_fb", 0)),
+                " / ".join(fmt_mib(get(ours, i + "_fb", 1)) for i in implementations)
+                + f" / {fmt_mib(get(ours, 'conv_fb', 1))} / {fmt_mib(get(tv, 'tv_fb', 1))}",
             ]
             rows.append("| " + " | ".join(row) + " |")
             print(rows[-1], flush=True)
-            key = (network, batch)
-            acc = totals.setdefault(key, {"ours_fb": 0.0, "conv_fb": 0.0, "tv_fb": 0.0, "ours": 0.0, "conv": 0.0, "tv": 0.0})
-            for name in acc:
-                source = tv if name.startswith("tv") else ours
-                value = get(source, name, 0)
-                acc[name] = None if (value is None or acc[name] is None) else acc[name] + count * value
+            if dtype == "float32" and len(implementations) > 1 and batch == min(args.batches):
+                diffs = parity(inputs, implementations[-1])
+                parity_rows.append(
+                    f"| {network} | {layer} | {size}x{size} | {cin}->{cout} | {batch} | "
+                    + " | ".join(f"{diffs[k]:.1e}" for k in
+                                 ("y", "dx", "doffsets", "dmask", "dkernel", "dbias")) + " |")
+                print(parity_rows[-1], flush=True)
+            acc = totals.setdefault((network, batch, dtype), {})
+            for name in [*implementations, *(i + "_fb" for i in implementations),
+                         "conv", "conv_fb", "tv", "tv_fb"]:
+                value = get(tv if name.startswith("tv") else ours, name, 0)
+                previous = acc.get(name, 0.0)
+                acc[name] = None if (value is None or previous is None) else previous + count * value
     summary = [
-        "| network | batch | all DCNs fwd ms ours / conv / tv | all DCNs fwd+bwd ms ours / conv / tv "
-        "| ours/conv f+b | tv/ours f+b |",
-        "|---|---|---|---|---|---|",
+        "| network | batch | dtype | all DCNs f+b ms " + " / ".join(names) + " / conv / tv "
+        + f"| {short.get(best, best)}/conv f+b | ref/{short.get(best, best)} f+b "
+        + f"| tv/{short.get(best, best)} f+b |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (network, batch), acc in totals.items():
+    for (network, batch, dtype), acc in totals.items():
         summary.append(
-            f"| {network} | {batch} | {fmt_ms(acc['ours'])} / {fmt_ms(acc['conv'])} / {fmt_ms(acc['tv'])} "
-            f"| {fmt_ms(acc['ours_fb'])} / {fmt_ms(acc['conv_fb'])} / {fmt_ms(acc['tv_fb'])} "
-            f"| {ratio(acc['ours_fb'], acc['conv_fb'])} | {ratio(acc['tv_fb'], acc['ours_fb'])} |"
+            f"| {network} | {batch} | {dtype} | "
+            + " / ".join(fmt_ms(acc[i + "_fb"]) for i in implementations)
+            + f" / {fmt_ms(acc['conv_fb'])} / {fmt_ms(acc['tv_fb'])} "
+            f"| {ratio(acc[best + '_fb'], acc['conv_fb'])} "
+            f"| {ratio(acc['reference_fb'], acc[best + '_fb']) if 'reference_fb' in acc else 'n/a'} "
+            f"| {ratio(acc['tv_fb'], acc[best + '_fb'])} |"
         )
-    text = "\n".join(
-        [
-            "# deform_conv2d benchmark",
+    text = [
+        "# deform_conv2d benchmark",
+        "",
+        f"Device: {device_name} ({platform}), JAX {jax.__version__}, Keras {keras.__version__}. "
+        "512 px input; offsets N(0, 1.5) px, mask U(0, 1). Median of >= 20 timed calls after "
+        "warm-up. `ref` = the keras.ops gather + matmul (`implementation=\"reference\"`), "
+        "`fused` = the Pallas kernels (`implementation=\"fused\"`, the default on a GPU), "
+        "`tv` = torchvision.ops.deform_conv2d (CUDA, float32 only), `conv` = a plain 3x3 "
+        "convolution of the same shape, `f+b` = forward and gradients w.r.t. every input. "
+        "float32 uses XLA's default matmul precision on GPU (TF32); bfloat16 casts input, "
+        "kernel and bias as mixed precision does. Ratios > 1 in `tv/...` and `ref/...` mean "
+        "the second is faster.",
+        "",
+        "## Per layer shape",
+        "",
+        *rows,
+        "",
+        "## Whole network (every DCN layer of the network, counted with its multiplicity)",
+        "",
+        *summary,
+        "",
+    ]
+    if len(parity_rows) > 2:
+        text += [
+            f"## Agreement of `{implementations[-1]}` with the reference",
             "",
-            f"Device: {device_name} ({platform}), JAX {jax.__version__}, Keras {keras.__version__}, "
-            "float32 inputs (XLA's default matmul precision on GPU). 512 px input; offsets N(0, 1.5) px, "
-            "mask U(0, 1). Median of >= 20 timed calls after warm-up. `tv` = torchvision.ops.deform_conv2d "
-            "(CUDA), `conv` = a plain 3x3 convolution of the same shape, `fwd+bwd` = gradients w.r.t. "
-            "every input. Ratios > 1 in `tv/ours` mean ours is faster.",
+            "Largest |difference| / max(1, largest |reference value|), both at float32 "
+            "`highest` precision, gradients under a fixed non-uniform cotangent.",
             "",
-            "## Per layer shape",
-            "",
-            *rows,
-            "",
-            "## Whole network (every DCN layer of the network, counted with its multiplicity)",
-            "",
-            *summary,
+            *parity_rows,
             "",
         ]
-    )
+    if skipped:
+        text += [f"Not run (the {args.budget:.0f} s budget ran out): " + "; ".join(skipped) + ".", ""]
     os.makedirs(os.path.dirname(output), exist_ok=True)
     with open(output, "w") as f:
-        f.write(text)
+        f.write("\n".join(text))
     print()
     print("\n".join(summary))
     print(f"\nwritten to {output}")

@@ -6,9 +6,10 @@ import os
 import keras
 from keras import ops
 
-# "auto" (the fused Pallas kernels under JAX on a GPU, else `keras.ops`),
-# "reference" (always `keras.ops`) or "fused" (always the kernels under JAX,
-# in the Pallas interpreter off GPU).
+# "auto" or "reference" (`keras.ops`, the default everywhere) or "fused" (the
+# Pallas kernels under JAX, in the Pallas interpreter off GPU). "auto" picks
+# `keras.ops` on a GPU too: on an H200 the fused kernels measured 2-3x slower
+# forward+backward than XLA's gather + matmul (benchmarks/results/deform_conv.md).
 DCN_IMPLEMENTATION_ENV = "KERAS_CENTERNET_DCN"
 
 
@@ -113,11 +114,7 @@ def _use_fused(shapes, implementation):
         return False
     if any(s is None for shape in shapes for s in shape):
         return False
-    if implementation == "fused":
-        return True
-    import jax
-
-    return jax.default_backend() == "gpu"
+    return implementation == "fused"
 
 
 def _sample_columns(x_padded, offsets, mask, row_start, rows, out_w, height,
@@ -205,11 +202,12 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
     `(-1, H) x (-1, W)` are 0, and neighbours outside the image count as 0.
 
     Only `keras.ops` is used, so the op runs (and differentiates) under the
-    TensorFlow, JAX and PyTorch backends and inside XLA. Under JAX on a GPU,
-    the fused Pallas kernels of `deform_conv_jax.py` compute the same
-    function instead (no column tensor in memory, a custom backward); the
-    environment variable `KERAS_CENTERNET_DCN=reference` or
-    `implementation="reference"` keeps this `keras.ops` version. The offsets, mask and
+    TensorFlow, JAX and PyTorch backends and inside XLA. Under JAX,
+    `implementation="fused"` (or the environment variable
+    `KERAS_CENTERNET_DCN=fused`) runs the fused Pallas kernels of
+    `deform_conv_jax.py` instead: the same function with no column tensor in
+    memory (4x less peak memory in training), but 2-3x slower than this
+    version on an H200, so it is not the default. The offsets, mask and
     bilinear sampling stay in float32 whatever the inputs' dtype; only the
     final matmul runs in the dtype of `kernel` (the compute dtype under mixed
     precision).
@@ -236,8 +234,7 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
             hold no columns.
         implementation: optional str, `"auto"`, `"reference"` or `"fused"`.
             Defaults to the environment variable `KERAS_CENTERNET_DCN`, else
-            `"auto"`: the fused kernels under JAX on a GPU, this version
-            elsewhere.
+            `"auto"`, which is this version on every backend and device.
 
     Returns:
         Tensor (B, Ho, Wo, Cout) in the dtype of `kernel`.
