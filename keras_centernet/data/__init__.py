@@ -83,6 +83,7 @@ from keras_centernet.data.coco_json_reader import coco_json
 from keras_centernet.data.coco_json_reader import read_coco_annotations
 from keras_centernet.data.decode import decode_image
 from keras_centernet.data.pipeline import DatasetInfo
+from keras_centernet.data.synthetic_pose import synthetic_pose
 from keras_centernet.data.synthetic_shapes import SHAPE_NAMES
 from keras_centernet.data.synthetic_shapes import synthetic
 from keras_centernet.data.tfds_reader import tfds_dataset
@@ -97,6 +98,7 @@ __all__ = [
     "eval_preprocess",
     "read_coco_annotations",
     "synthetic",
+    "synthetic_pose",
     "tfds_dataset",
     "to_original_boxes",
     "warp_affine",

@@ -125,11 +125,11 @@ def render_synthetic_pose(index, image_size=128, seed=0, people_per_image=(1, 3)
         boxes.append((x1, y1, x2, y2))
         keypoints.append(labelled)
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    return (
-        image,
-        np.array(boxes, np.float32).reshape(-1, 4),
-        np.array(keypoints, np.float32).reshape(-1, 17, 3),
-    )
+    boxes = np.array(boxes, np.float32).reshape(-1, 4)
+    keypoints = np.array(keypoints, np.float32).reshape(-1, 17, 3)
+    # Largest first, as the readers of `keras_centernet.data` order objects.
+    order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
+    return image, boxes[order], keypoints[order]
 
 
 def pose_ground_truth(boxes, keypoints, image_size):
@@ -145,29 +145,30 @@ def pose_ground_truth(boxes, keypoints, image_size):
         `area` of the box, `keypoints` flat, `num_keypoints`) and the COCO
         person category (id 1, its keypoint names and skeleton).
     """
-    height, width = image_size
-    images, annotations = [], []
-    for index, (image_boxes, image_keypoints) in enumerate(zip(boxes, keypoints)):
-        images.append({"id": index + 1, "height": int(height), "width": int(width),
-                       "file_name": f"{index:06d}.png"})
-        for box, joints in zip(image_boxes, image_keypoints):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": index + 1,
+    from keras_centernet.data.synthetic_shapes import coco_ground_truth
+
+    objects_per_image = (
+        [
+            {
+                "box": box,
                 "category_id": 1,
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": (x2 - x1) * (y2 - y1),
-                "iscrowd": 0,
-                "keypoints": [float(v) for v in np.asarray(joints).reshape(-1)],
-                "num_keypoints": int(np.sum(np.asarray(joints)[:, 2] > 0)),
-            })
+                "area": (box[2] - box[0]) * (box[3] - box[1]),
+                "fields": {
+                    "keypoints": [float(v) for v in np.asarray(joints).reshape(-1)],
+                    "num_keypoints": int(np.sum(np.asarray(joints)[:, 2] > 0)),
+                },
+            }
+            for box, joints in zip(image_boxes, image_keypoints)
+        ]
+        for image_boxes, image_keypoints in zip(boxes, keypoints)
+    )
     categories = [{
         "id": 1, "name": "person", "supercategory": "person",
         "keypoints": list(COCO_KEYPOINT_NAMES),
         "skeleton": [[a + 1, b + 1] for a, b in COCO_SKELETON],
     }]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    height, width = image_size
+    return coco_ground_truth(objects_per_image, (int(height), int(width)), categories)
 
 
 def synthetic_pose(
@@ -189,7 +190,9 @@ def synthetic_pose(
     label -1 (and zero boxes and joints). Training batches are shuffled
     (seeded) and drop the last incomplete batch; evaluation batches keep the
     order, every image once, and add `targets["image_id"]` (int64, `index +
-    1`). Flip augmentation is the model's (`CenterNetPose(flip_probability=...)`),
+    1`), `targets["original_size"]` and `targets["transform"]` (the identity:
+    images are made at the input size). Valid people come first, largest
+    first. Flip augmentation is the model's (`CenterNetPose(flip_probability=...)`),
     which swaps left and right joints.
 
     The dataset carries `dataset.info` (`keras_centernet.data.DatasetInfo`:
@@ -251,7 +254,10 @@ def synthetic_pose(
         all_keypoints.append(image_keypoints)
     targets = {"boxes": boxes, "labels": labels, "keypoints": keypoints}
     if not training:
+        # The evaluation structure of `keras_centernet.data`: images as rendered.
         targets["image_id"] = np.arange(1, num_images + 1, dtype=np.int64)
+        targets["original_size"] = np.tile(np.array([[height, width]], np.int32), (num_images, 1))
+        targets["transform"] = np.tile(np.eye(2, 3, dtype=np.float32)[None], (num_images, 1, 1))
     dataset = tf.data.Dataset.from_tensor_slices((images, targets))
     dataset = dataset.map(lambda image, y: (tf.cast(image, tf.float32), y))
     if training:

@@ -282,27 +282,54 @@ def render_image(seed, image_size, num_classes=5, objects_per_image=(1, 10),
     }
 
 
-def _ground_truth(examples, image_size, class_names):
-    """The pycocotools dict of a fixed-size synthetic set from its examples in order."""
+def coco_ground_truth(objects_per_image, image_size, categories):
+    """The pycocotools dict of a synthetic set of fixed-size images.
+
+    Image `index` gets id `index + 1` and file name `synthetic_{index:06d}.png`;
+    annotations are numbered from 1 in order, none a crowd.
+
+    Args:
+        objects_per_image: iterable, one item per image in order, each an
+            iterable of dicts with `box` (`xyxy` pixels), `category_id`,
+            `area` and optionally `fields`, further COCO fields of the
+            annotation (e.g. `keypoints`).
+        image_size: `(height, width)`.
+        categories: list of COCO category dicts.
+
+    Returns:
+        dict with `images`, `annotations` (`bbox` `xywh`) and `categories`.
+    """
     height, width = image_size
     images, annotations = [], []
-    for index, example in enumerate(examples.as_numpy_iterator()):
+    for index, objects in enumerate(objects_per_image):
         image_id = index + 1
         images.append(
             {"id": image_id, "file_name": f"synthetic_{index:06d}.png",
              "width": width, "height": height}
         )
-        for box, label, area in zip(example["boxes"], example["labels"], example["areas"]):
-            x1, y1, x2, y2 = (float(v) for v in box)
+        for item in objects:
+            x1, y1, x2, y2 = (float(v) for v in item["box"])
             annotations.append(
                 {"id": len(annotations) + 1, "image_id": image_id,
-                 "category_id": int(label) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                 "area": float(area), "iscrowd": 0}
+                 "category_id": int(item["category_id"]), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                 "area": float(item["area"]), "iscrowd": 0, **item.get("fields", {})}
             )
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _ground_truth(examples, image_size, class_names):
+    """The pycocotools dict of a fixed-size synthetic set from its examples in order."""
+    objects_per_image = (
+        [
+            {"box": box, "category_id": int(label) + 1, "area": area}
+            for box, label, area in zip(example["boxes"], example["labels"], example["areas"])
+        ]
+        for example in examples.as_numpy_iterator()
+    )
     categories = [
         {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(class_names)
     ]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    return coco_ground_truth(objects_per_image, image_size, categories)
 
 
 def synthetic(
