@@ -5,6 +5,8 @@ from keras_centernet.layers.corner_pooling import CascadeCornerPooling, CenterPo
 from keras_centernet.layers.decoder import CenterNetDecoder
 from keras_centernet.layers.decoder import decode_detections
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
+from keras_centernet.layers.pose_decoder import CenterNetPoseDecoder
+from keras_centernet.layers.pose_decoder import decode_poses
 from keras_centernet.layers.triplet_decoder import decode_triplets
 from keras_centernet.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from keras_centernet.layers.prediction_head import PredictionHead
@@ -18,12 +20,14 @@ __all__ = [
     "CenterPooling",
     "CornerPooling",
     "CenterNetDecoder",
+    "CenterNetPoseDecoder",
     "DeformableConv2D",
     "DepthwiseConv2DTranspose",
     "ImageNormalization",
     "PredictionHead",
     "SoftNMS",
     "decode_detections",
+    "decode_poses",
     "decode_triplets",
     "soft_nms",
 ]

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_centernet.layers.decoder import CenterNetDecoder
 from keras_centernet.layers.decoder import apply_score_threshold
 from keras_centernet.losses.regression import gather_at_indices
 
@@ -172,7 +173,7 @@ def apply_pose_score_threshold(people, score_threshold):
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
-class CenterNetPoseDecoder(keras.layers.Layer):
+class CenterNetPoseDecoder(CenterNetDecoder):
     """Decodes CenterNetPose's raw outputs into people and their joints.
 
     Args:
@@ -198,12 +199,8 @@ class CenterNetPoseDecoder(keras.layers.Layer):
 
     def __init__(self, max_detections=100, score_threshold=0.0, stride=4,
                  joint_threshold=JOINT_THRESHOLD, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(max_detections, int) or max_detections < 1:
-            raise ValueError(f"`max_detections` must be a positive int; received {max_detections!r}.")
-        self.max_detections = max_detections
-        self.score_threshold = score_threshold
-        self.stride = stride
+        super().__init__(max_detections=max_detections, score_threshold=score_threshold,
+                         stride=stride, **kwargs)
         self.joint_threshold = joint_threshold
 
     def call(self, raw):
@@ -217,12 +214,5 @@ class CenterNetPoseDecoder(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "max_detections": self.max_detections,
-                "score_threshold": self.score_threshold,
-                "stride": self.stride,
-                "joint_threshold": self.joint_threshold,
-            }
-        )
+        config["joint_threshold"] = self.joint_threshold
         return config
