@@ -1,5 +1,6 @@
 from keras_centernet.models.centernet import CenterNet
+from keras_centernet.models.centernet_pose import CenterNetPose
 from keras_centernet.models.centernet_triplets import CenterNetTriplets
 from keras_centernet.models.presets import list_presets
 
-__all__ = ["CenterNet", "CenterNetTriplets", "list_presets"]
+__all__ = ["CenterNet", "CenterNetPose", "CenterNetTriplets", "list_presets"]
