@@ -120,6 +120,7 @@ class TestCenterNetPose(TestCase):
         assert all(np.isfinite(losses))
         assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), losses
 
+    @pytest.mark.multi_backend
     def test_saving_round_trip(self, tmp_path):
         model = tiny_pose_model(num_joints=17, keypoint_loss_weight=2.0, joint_threshold=0.2,
                                 flip_probability=0.5, max_detections=7)
@@ -210,6 +211,13 @@ class TestCenterNetPose(TestCase):
             model.compute_loss(images, {"boxes": targets["boxes"], "labels": targets["labels"]})
         with pytest.raises(ValueError, match="test_scales"):
             model.configure_prediction(test_scales=(1.0, 2.0))
+
+    def test_paper_preset(self):
+        model = CenterNetPose.from_preset("dla34")
+        assert model.preset == "dla34" and model.head_channels == 256 and model.num_joints == 17
+        raw = model(np.zeros((1, 128, 128, 3), "float32"))
+        assert tuple(raw["keypoints"].shape) == (1, 32, 32, 34)
+        assert tuple(raw["keypoint_heatmap"].shape) == (1, 32, 32, 17)
 
     def test_public_names(self):
         assert kc.CenterNetPose is CenterNetPose
