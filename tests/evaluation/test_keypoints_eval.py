@@ -164,3 +164,15 @@ def test_a_detector_without_keypoints_is_refused():
 
     with pytest.raises(ValueError, match="keypoints"):
         coco_keypoint_evaluate(BoxesOnly(), ds, verbose=0)
+
+
+def test_a_pose_model_is_evaluated_end_to_end():
+    from tests.models.test_centernet_pose import tiny_pose_model
+
+    model = tiny_pose_model(max_detections=20)
+    # Batches of one shape: one trace of the prediction step.
+    ds = synthetic_pose(num_images=4, image_size=64, batch_size=2, seed=0, training=False)
+    metrics = coco_keypoint_evaluate(model, ds, verbose=0)
+    # An untrained model finds (almost) nobody; every metric is a valid pycocotools value.
+    assert all(value == -1.0 or 0.0 <= value <= 1.0 for value in metrics.values())
+    assert metrics["AP"] < 0.5

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_centernet as kc
+from keras_centernet.backbones.hourglass import HourglassBackbone
 from keras_centernet.backbones.resnet import ResNetBackbone
 from keras_centernet.data.synthetic_pose import synthetic_pose
 from keras_centernet.layers.pose_decoder import decode_poses
@@ -211,6 +212,25 @@ class TestCenterNetPose(TestCase):
             model.compute_loss(images, {"boxes": targets["boxes"], "labels": targets["labels"]})
         with pytest.raises(ValueError, match="test_scales"):
             model.configure_prediction(test_scales=(1.0, 2.0))
+
+    def test_hourglass_heads_and_loss_average_over_stacks(self):
+        model = CenterNetPose(
+            HourglassBackbone(num_stacks=2, dims=(8, 8, 16), num_blocks=(1, 1, 1), stem_channels=8,
+                              output_channels=16),
+            head_channels=8, size_divisor=128, max_objects=8,
+        )
+        for stack in range(2):
+            bias = keras.ops.convert_to_numpy(model.stack_heads(stack)["keypoint_heatmap"].output_conv.bias)
+            np.testing.assert_allclose(bias, HEATMAP_PRIOR_BIAS, rtol=1e-6)
+        images, targets = next(iter(synthetic_pose(num_images=2, image_size=128, batch_size=2, max_objects=8)))
+        images, targets = images.numpy(), {name: value.numpy() for name, value in targets.items()}
+        outputs = model(images, training=True)
+        (first,) = outputs["intermediate"]
+        last = {name: value for name, value in outputs.items() if name != "intermediate"}
+        assert set(first) == set(last) == set(model.heads)
+        total = to_numpy(model.compute_loss(images, targets, y_pred=outputs))
+        per_stack = [to_numpy(model.compute_loss(images, targets, y_pred=stack)) for stack in (first, last)]
+        np.testing.assert_allclose(total, np.mean(per_stack), rtol=1e-5)
 
     def test_paper_preset(self):
         model = CenterNetPose.from_preset("dla34")
