@@ -63,6 +63,8 @@ class COCOKeypointEvaluator(COCOEvaluator):
                 f"received {keypoints.shape}."
             )
         for i, image_id in enumerate(image_ids):
+            # The image counts as seen even without people (their absence is scored).
+            super().update([image_id], boxes[i:i + 1, :0], scores[i:i + 1, :0], labels[i:i + 1, :0])
             count = boxes.shape[1] if num_detections is None else int(np.asarray(num_detections)[i])
             order = np.argsort(-scores[i, :count], kind="stable")[: self.max_detections]
             for k in order:

@@ -74,6 +74,22 @@ def test_a_false_positive_ranked_first_halves_the_precision():
     assert metrics["AR"] == pytest.approx(0.5)
 
 
+def test_an_image_without_predictions_still_counts():
+    rng = np.random.default_rng(1)
+    people = [person(10, 10, 64, rng), person(30, 20, 64, rng)]
+    truth = pose_ground_truth([p[0][None] for p in people], [p[1][None] for p in people], (128, 128))
+    boxes = np.stack([p[0] for p in people])[:, None]
+    joints = np.stack([p[1] for p in people])[:, None, :, :2]
+    evaluator = COCOKeypointEvaluator(truth)
+    # Image 2's person is predicted but not among its num_detections = 0.
+    evaluator.update([1, 2], boxes, np.full((2, 1), 0.9), np.zeros((2, 1), np.int32), joints,
+                     num_detections=[1, 0])
+    assert evaluator.seen_images == {1, 2}
+    assert evaluator.result()["AP"] == pytest.approx(51 / 101)
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        evaluator.update([3], boxes[:1], np.full((1, 1), 0.9), np.zeros((1, 1), np.int32), joints[:1])
+
+
 def test_object_keypoint_similarity_by_hand():
     """One labelled joint (the nose) of a 64x64 person, predicted d pixels away: OKS = exp(-d^2 / (2 s^2 k^2))."""
     box = np.array([[20, 20, 84, 84]], np.float32)
