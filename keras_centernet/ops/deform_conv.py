@@ -24,6 +24,11 @@ def _pair(value, name):
     return value
 
 
+def conv_geometry(strides, padding, dilation):
+    """`(strides, padding, dilation)` as pairs of ints (ints are repeated)."""
+    return _pair(strides, "strides"), _pair(padding, "padding"), _pair(dilation, "dilation")
+
+
 def _static_shape(tensor):
     return tuple(tensor.shape)
 
@@ -250,9 +255,7 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
     >>> tuple(y.shape)
     (1, 8, 8, 6)
     """
-    strides = _pair(strides, "strides")
-    padding = _pair(padding, "padding")
-    dilation = _pair(dilation, "dilation")
+    strides, padding, dilation = conv_geometry(strides, padding, dilation)
     x_shape = _static_shape(x)
     out_h, out_w = validate_deform_conv_args(
         x_shape, _static_shape(offsets), _static_shape(mask),

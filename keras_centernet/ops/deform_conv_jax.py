@@ -35,7 +35,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from keras_centernet.ops.deform_conv import _pair
+from keras_centernet.ops.deform_conv import conv_geometry
 from keras_centernet.ops.deform_conv import validate_deform_conv_args
 
 _Geometry = collections.namedtuple(
@@ -403,20 +403,21 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
     Returns:
         Array (B, Ho, Wo, Cout) in the dtype of `kernel`.
 
-    Example:
+    Example (the same values as the `keras.ops` reference):
 
     >>> import numpy as np
-    >>> x = np.random.rand(1, 8, 8, 4).astype("float32")
-    >>> kernel = np.random.rand(3, 3, 4, 6).astype("float32")
-    >>> offsets = np.zeros((1, 8, 8, 18), "float32")
-    >>> mask = np.ones((1, 8, 8, 9), "float32")
-    >>> y = deform_conv2d(x, offsets, mask, kernel)  # == a plain 3x3 conv
-    >>> tuple(y.shape)
-    (1, 8, 8, 6)
+    >>> from keras_centernet.ops import deform_conv as reference
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(2, 6, 6, 4)).astype("float32")
+    >>> offsets = rng.normal(size=(2, 6, 6, 18)).astype("float32")
+    >>> mask = rng.uniform(size=(2, 6, 6, 9)).astype("float32")
+    >>> kernel = rng.normal(size=(3, 3, 4, 5)).astype("float32")
+    >>> fused = deform_conv2d(x, offsets, mask, kernel)
+    >>> expected = reference.deform_conv2d(x, offsets, mask, kernel, implementation="reference")
+    >>> bool(np.allclose(fused, expected, atol=1e-4))
+    True
     """
-    strides = _pair(strides, "strides")
-    padding = _pair(padding, "padding")
-    dilation = _pair(dilation, "dilation")
+    strides, padding, dilation = conv_geometry(strides, padding, dilation)
     x = jnp.asarray(x)
     offsets = jnp.asarray(offsets)
     mask = jnp.asarray(mask)
