@@ -17,6 +17,7 @@ from keras import ops
 
 from keras_centernet.layers.preprocessing import COCO_MEAN_RGB
 from keras_centernet.layers.preprocessing import COCO_STD_RGB
+from keras_centernet.backbones.base import Backbone
 
 # The "caffe" mode of `keras.applications.imagenet_utils.preprocess_input`, BGR order.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -108,7 +109,7 @@ class ApplicationPreprocessing(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
-class ApplicationBackbone(keras.Model):
+class ApplicationBackbone(Backbone):
     """A `keras.applications` classifier returning its pyramid at strides 4, 8, 16 and 32.
 
     Wraps ResNet-50, MobileNetV2, MobileNetV3 Small/Large or EfficientNet-B0
@@ -178,28 +179,14 @@ class ApplicationBackbone(keras.Model):
         super().__init__(inputs=images, outputs=list(features), **kwargs)
 
         # === Config ===
-        if dtype is not None:
-            self.dtype_policy = keras.dtype_policies.get(dtype)
+        self._keep_dtype(dtype)
         self.architecture = architecture
         self.weights_source = weights
         self.frozen_stages = frozen_stages
 
-    def call(self, inputs, training=None, mask=None):
-        return list(super().call(inputs, training=training, mask=mask))
-
-    def get_config(self):
+    def _own_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "architecture": self.architecture,
             "weights": None,
             "frozen_stages": self.frozen_stages,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)

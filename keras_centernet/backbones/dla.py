@@ -11,11 +11,12 @@ from keras_centernet.layers.official_layers import GraphBuilder
 from keras_centernet.layers.official_layers import batch_normalization
 from keras_centernet.convert.official import official_name
 from keras_centernet.necks.dla_up import DLAUpNeck
+from keras_centernet.backbones.base import Backbone
 
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
-class DLABackbone(keras.Model):
+class DLABackbone(Backbone):
     """Deep Layer Aggregation with basic blocks: the output of every level (strides 1 to 32).
 
     The official `DLA` of `pose_dla_dcn.py` without its ImageNet classifier:
@@ -96,30 +97,15 @@ class DLABackbone(keras.Model):
         self.unused_projections = builder.unused_projections
 
         # === Config ===
-        # A functional model does not take `dtype`; keep it for `get_config`.
-        if dtype is not None:
-            self.dtype_policy = keras.dtype_policies.get(dtype)
+        self._keep_dtype(dtype)
         self.levels = levels
         self.channels = channels
 
-    def call(self, inputs, training=None, mask=None):
-        return list(super().call(inputs, training=training, mask=mask))
-
-    def get_config(self):
+    def _own_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "levels": list(self.levels),
             "channels": list(self.channels),
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
 
 
 class _GraphBuilder(GraphBuilder):

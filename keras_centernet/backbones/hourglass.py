@@ -4,10 +4,11 @@ import keras
 
 from keras_centernet.layers.official_layers import GraphBuilder
 from keras_centernet.convert.official import official_name
+from keras_centernet.backbones.base import Backbone
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
-class HourglassBackbone(keras.Model):
+class HourglassBackbone(Backbone):
     """Stacked hourglass network: one stride-4 feature map per stack.
 
     The official CenterNet `large_hourglass.py` (after CornerNet) without its
@@ -121,38 +122,21 @@ class HourglassBackbone(keras.Model):
         super().__init__(inputs=images, outputs=features, **kwargs)
 
         # === Config ===
-        # A functional model does not take `dtype`; keep it for `get_config`.
-        if dtype is not None:
-            self.dtype_policy = keras.dtype_policies.get(dtype)
+        self._keep_dtype(dtype)
         self.num_stacks = num_stacks
         self.dims = dims
         self.num_blocks = num_blocks
         self.stem_channels = stem_channels
         self.output_channels = output_channels
 
-    def call(self, inputs, training=None, mask=None):
-        # A functional model unpacks a single output; keep one map per stack.
-        outputs = super().call(inputs, training=training, mask=mask)
-        return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-
-    def get_config(self):
+    def _own_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "num_stacks": self.num_stacks,
             "dims": list(self.dims),
             "num_blocks": list(self.num_blocks),
             "stem_channels": self.stem_channels,
             "output_channels": self.output_channels,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
 
 
 def _check_positive_int(name, value):

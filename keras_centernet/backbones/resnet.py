@@ -9,6 +9,7 @@ import keras
 
 from keras_centernet.layers.official_layers import GraphBuilder
 from keras_centernet.necks.upconv import UpConvNeck
+from keras_centernet.backbones.base import Backbone
 
 
 # depth -> (block, blocks per stage), as the official `resnet_spec`.
@@ -22,7 +23,7 @@ RESNET_SPECS = {
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
-class ResNetBackbone(keras.Model):
+class ResNetBackbone(Backbone):
     """ResNet-18/34/50/101/152 returning its feature pyramid (strides 4, 8, 16, 32).
 
     The ResNet of the official CenterNet (`resnet_dcn.py`, `msra_resnet.py`;
@@ -99,9 +100,7 @@ class ResNetBackbone(keras.Model):
         super().__init__(inputs=images, outputs=features, **kwargs)
 
         # === Config ===
-        # A functional model does not take `dtype`; keep it for `get_config`.
-        if dtype is not None:
-            self.dtype_policy = keras.dtype_policies.get(dtype)
+        self._keep_dtype(dtype)
         self.depth = depth
         self.width = width
 
@@ -137,21 +136,11 @@ class ResNetBackbone(keras.Model):
         y = self._batch_norm(self._conv(y, planes * 4, 1, 1, f"{name}.conv3"), f"{name}.bn3")
         return self._builder.add_relu([y, shortcut], f"{name}.add", f"{name}.relu")
 
-    def get_config(self):
+    def _own_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "depth": self.depth,
             "width": self.width,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
 
 
 def _preset(depth, use_dcn, filters, description, width=64):
