@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from keras_centernet.evaluation.coco_evaluator import COCOEvaluator
+from keras_centernet.evaluation.coco_evaluator import to_original_boxes
 
 logger = logging.getLogger("keras_centernet")
 
@@ -54,9 +55,6 @@ def coco_evaluate(model, dataset, info=None, max_detections=100, steps=None, ver
     >>> metrics = kc.evaluation.coco_evaluate(model, ds)
     >>> metrics["AP"]
     """
-    # TensorFlow-only module (data/): imported when evaluating, not with the package.
-    from keras_centernet.data.boxes import to_original_boxes
-
     info = _dataset_info(dataset, info)
     evaluator = COCOEvaluator(
         info.ground_truth,

@@ -120,3 +120,50 @@ class COCOEvaluator:
         logger.debug(captured.getvalue())
         # pycocotools reports -1 where a metric has no ground truth (e.g. no small objects).
         return {name: float(value) for name, value in zip(STAT_NAMES, evaluation.stats)}
+
+
+def to_original_boxes(boxes, transform):
+    """Maps boxes from input-image pixels back to original-image pixels (NumPy).
+
+    The inverse of the eval-mode `transform` that the datasets yield: use it
+    on predictions to score them against the original annotations.
+
+    Args:
+        boxes: array `(..., 4)`, `xyxy` in the input image's pixels.
+        transform: array `(2, 3)` or batched `(B, 2, 3)` (then `boxes` is
+            `(B, K, 4)`), the affine map from original pixels to input pixels.
+
+    Returns:
+        float32 array of the shape of `boxes`, `xyxy` in original pixels.
+
+    Example:
+
+    >>> import numpy as np
+    >>> transform = np.array([[0.5, 0.0, 10.0], [0.0, 0.5, 20.0]])
+    >>> to_original_boxes(np.array([[10.0, 20.0, 30.0, 40.0]]), transform)
+    array([[ 0.,  0., 40., 40.]], dtype=float32)
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    transform = np.asarray(transform, dtype=np.float64)
+    if transform.shape[-2:] != (2, 3):
+        raise ValueError(f"`transform` must have shape (..., 2, 3); received {transform.shape}.")
+    linear = transform[..., :2]
+    offset = transform[..., 2]
+    inverse = np.linalg.inv(linear)
+    if transform.ndim == 3:
+        inverse = inverse[:, None]
+        offset = offset[:, None]
+    corners = np.stack(
+        [
+            boxes[..., [0, 1]],
+            boxes[..., [2, 1]],
+            boxes[..., [0, 3]],
+            boxes[..., [2, 3]],
+        ],
+        axis=-2,
+    )
+    offset = offset[..., None, :]
+    inverse = inverse[..., None, :, :]
+    original = np.einsum("...ij,...j->...i", inverse, corners - offset)
+    result = np.concatenate([original.min(axis=-2), original.max(axis=-2)], axis=-1)
+    return result.astype(np.float32)
