@@ -1,0 +1,222 @@
+"""COCO AP of the demo's training settings, swept on the GPU machine.
+
+The README's main job (`centernet demo`) must learn the synthetic set from
+scratch in about ten CPU minutes. CPU runs are too slow to compare settings,
+so this script trains the same model on the same images under the JAX
+backend, many settings at once on one GPU, and scores each with pycocotools
+at four points of its run. Two steps:
+
+    # here (TensorFlow): the demo's own training canvases and validation set
+    python benchmarks/demo_settings.py dump .sweep/demo.npz
+    # on the GPU machine (JAX; carry the keras and pycocotools wheels)
+    KERAS_BACKEND=jax python benchmarks/demo_settings.py run .sweep/demo.npz \\
+        --cases base:2e-3:56:aug lr1:1e-3:56:aug --output $OUT/demo_settings.md
+
+A case is `name:learning_rate:epochs:augmentation[:clamp]` with
+augmentation `aug` (the official random crop, flip and colour, batched in
+the step: what the demo does), `flip` (flip and colour only) or `none`, and
+clamp `straight_through` (the demo's, default) or `official`. Every case
+uses the demo's preset, 128 px input, batch 32, 512 training images (16
+steps an epoch), a cosine schedule with 3 warm-up epochs and Adam. The
+figures are COCO AP and AP50 of pycocotools on the demo's 128 held-out
+images, as `centernet demo` reports them.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+BATCH = 32
+
+
+def dump(path, extra_args):
+    """Writes the demo's training canvases, validation images and ground truth."""
+    from keras_centernet import cli
+
+    args = cli.build_parser().parse_args(["demo", *extra_args])
+    args.dataset = "synthetic"
+    train_ds, info = cli.make_dataset(args, training=True)
+    val_ds, val_info = cli.make_dataset(args, training=False)
+
+    def stack(dataset, keys):
+        columns = {key: [] for key in ("images", *keys)}
+        for images, targets in dataset:
+            columns["images"].append(np.asarray(images))
+            for key in keys:
+                columns[key].append(np.asarray(targets[key]))
+        out = {"images": np.concatenate(columns["images"])}
+        for key in keys:
+            parts = columns[key]
+            if parts[0].ndim >= 2 and key in ("boxes", "labels"):
+                width = max(p.shape[1] for p in parts)
+                fill = -1 if key == "labels" else 0
+                parts = [np.pad(p, [(0, 0), (0, width - p.shape[1])] + [(0, 0)] * (p.ndim - 2),
+                                constant_values=fill) for p in parts]
+            out[key] = np.concatenate(parts)
+        return out
+
+    train = stack(train_ds, ("boxes", "labels"))
+    val = stack(val_ds, ("image_id", "transform"))
+    np.savez_compressed(
+        path, train_images=train["images"], train_boxes=train["boxes"],
+        train_labels=train["labels"], val_images=val["images"], val_image_id=val["image_id"],
+        val_transform=val["transform"], num_classes=info.num_classes, preset=args.preset,
+        image_size=args.image_size,
+        ground_truth=json.dumps(val_info.ground_truth),
+        # Our label i is category_ids[i] of the ground truth.
+        label_to_category_id=json.dumps(list(val_info.category_ids)),
+    )
+    print(f"{path}: {len(train['images'])} training canvases {train['images'].shape[1:]}, "
+          f"{len(val['images'])} validation images, {info.num_classes} classes")
+
+
+def run_case(spec, data_path):
+    """Trains one case; prints one JSON line with its curve."""
+    import keras
+
+    import keras_centernet as kc
+    from keras_centernet import training
+
+    name, rate, epochs, augmentation, *rest = spec.split(":")
+    clamp = rest[0] if rest else "straight_through"
+    rate, epochs = float(rate), int(epochs)
+    data = np.load(data_path)
+    images, boxes, labels = data["train_images"], data["train_boxes"], data["train_labels"]
+    used = ~(labels == -1).all(axis=0)
+    boxes, labels = boxes[:, used], labels[:, used]
+    size = int(data["image_size"])
+    steps = len(images) // BATCH
+    extra = {}
+    if augmentation == "aug":
+        extra["augmentation"] = kc.layers.BatchAugmentation(size)
+    elif augmentation == "flip":
+        extra["augmentation"] = kc.layers.BatchAugmentation(
+            size, random_crop=False, scale=0.0, shift=0.0)
+    elif augmentation == "none":
+        images = images[..., :3].astype("float32")  # the canvases hold whole images
+    else:
+        raise SystemExit(f"unknown augmentation {augmentation!r} in {spec}")
+    model = kc.CenterNet.from_preset(
+        str(data["preset"]), num_classes=int(data["num_classes"]), focal_clamp_gradient=clamp,
+        **extra)
+    schedule = training.learning_rate_schedule(rate, steps, epochs, schedule="cosine",
+                                               warmup_epochs=3.0)
+    model.compile(optimizer=keras.optimizers.Adam(schedule))
+    marks = sorted({max(1, epochs * k // 4) for k in (1, 2, 3, 4)})
+    curve = []
+
+    class Evaluate(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 not in marks:
+                return
+            metrics = evaluate(self.model.predict_on_batch, data)
+            curve.append({"step": (epoch + 1) * steps, "AP": round(metrics["AP"], 3),
+                          "AP50": round(metrics["AP50"], 3), "loss": round(float(logs["loss"]), 3)})
+            print(name, curve[-1], file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    model.fit(images, {"boxes": boxes, "labels": labels}, batch_size=BATCH, epochs=epochs,
+              shuffle=True, verbose=0, callbacks=[Evaluate()])
+    print(json.dumps({"case": spec, "curve": curve, "seconds": round(time.perf_counter() - start)}))
+
+
+def evaluate(predict, data):
+    """pycocotools metrics of `predict` (images -> detection dict) on the dumped set."""
+    from keras_centernet.evaluation.coco_evaluator import COCOEvaluator
+    from keras_centernet.evaluation.coco_evaluator import to_original_boxes
+
+    evaluator = COCOEvaluator(json.loads(str(data["ground_truth"])),
+                              label_to_category_id=json.loads(str(data["label_to_category_id"])))
+    for start in range(0, len(data["val_images"]), 64):
+        batch = slice(start, start + 64)
+        detections = {k: np.asarray(v) for k, v in predict(data["val_images"][batch]).items()}
+        evaluator.update(
+            data["val_image_id"][batch],
+            to_original_boxes(detections["boxes"], data["val_transform"][batch]),
+            detections["scores"], detections["labels"], detections.get("num_detections"))
+    return evaluator.result()
+
+
+def run(data_path, cases, output, timeout):
+    """Runs every case as its own process on the one GPU; writes the table."""
+    env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=str(min(0.9 / len(cases), 0.3)))
+    processes = [
+        subprocess.Popen([sys.executable, __file__, "case", data_path, spec], env=env,
+                         stdout=subprocess.PIPE, text=True)
+        for spec in cases
+    ]
+    results = []
+    for spec, process in zip(cases, processes):
+        try:
+            out, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out = ""
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        results.append(json.loads(lines[-1]) if lines else {"case": spec, "curve": [], "seconds": None})
+    import jax
+    import keras
+
+    rows = ["| case | learning rate | epochs (steps) | augmentation | focal clamp | "
+            "AP50 at 1/4, 1/2, 3/4, end of run | AP at the end | loss at the end |",
+            "|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        name, rate, epochs, augmentation, *rest = result["case"].split(":")
+        curve = result["curve"]
+        rows.append(
+            f"| {name} | {rate} | {epochs} ({int(epochs) * 16}) | {augmentation} | "
+            f"{rest[0] if rest else 'straight_through'} | "
+            + (", ".join(f"{p['AP50']:.3f} @{p['step']}" for p in curve) or "failed") + " | "
+            + (f"{curve[-1]['AP']:.3f} | {curve[-1]['loss']:.3f} |" if curve else " | |"))
+    text = "\n".join([
+        "# Demo settings (`benchmarks/demo_settings.py`)",
+        "",
+        f"Device: {jax.devices()[0].device_kind}, JAX {jax.__version__}, Keras {keras.__version__}; "
+        "all cases at once on the GPU. The demo's preset, images and 128 held-out images, "
+        "batch 32, cosine schedule with 3 warm-up epochs; pycocotools COCO AP/AP50. "
+        "A single run per case: repeats of one setting differ by about +-0.05 AP50.",
+        "",
+        *rows,
+        "",
+    ])
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as file:
+        file.write(text)
+    print(text)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    dump_parser = commands.add_parser("dump", help="write the demo's data (TensorFlow)")
+    dump_parser.add_argument("path")
+    dump_parser.add_argument("demo_args", nargs=argparse.REMAINDER,
+                             help="extra `centernet demo` flags, e.g. --num-images 1024")
+    run_parser = commands.add_parser("run", help="train every case (JAX, GPU)")
+    run_parser.add_argument("path")
+    run_parser.add_argument("--cases", nargs="+", required=True)
+    run_parser.add_argument("--output", default=os.path.join(
+        os.path.dirname(__file__), "results", "demo_settings.md"))
+    run_parser.add_argument("--timeout", type=float, default=480.0,
+                            help="seconds a case may take")
+    case_parser = commands.add_parser("case", help=argparse.SUPPRESS)
+    case_parser.add_argument("path")
+    case_parser.add_argument("spec")
+    args = parser.parse_args()
+    if args.command == "dump":
+        dump(args.path, args.demo_args)
+    elif args.command == "run":
+        run(args.path, args.cases, args.output, args.timeout)
+    else:
+        run_case(args.spec, args.path)
+
+
+if __name__ == "__main__":
+    main()
