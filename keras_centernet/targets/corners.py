@@ -7,6 +7,7 @@ NumPy, so the targets are made on the accelerator inside the compiled step.
 from keras import ops
 
 from keras_centernet.targets.gaussian import gaussian_radius
+from keras_centernet.targets.render import checked_objects
 
 # The official `draw_gaussian(..., delte)`: sigma = diameter / delte.
 CORNER_SIGMA_DIVISOR = 6.0
@@ -78,20 +79,7 @@ def render_triplet_targets(
         raise ValueError(f"`num_classes` must be a positive int; received {num_classes!r}.")
     if not stride > 0:
         raise ValueError(f"`stride` must be positive; received {stride!r}.")
-    boxes = ops.convert_to_tensor(boxes, "float32")
-    labels = ops.cast(ops.convert_to_tensor(labels), "int32")
-    if len(boxes.shape) != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"`boxes` must have shape (B, M, 4); received {boxes.shape}.")
-    if len(labels.shape) != 2:
-        raise ValueError(f"`labels` must have shape (B, M); received {labels.shape}.")
-    num_objects = boxes.shape[1]
-    if num_objects is not None and num_objects > max_objects:
-        boxes = boxes[:, :max_objects]
-        labels = labels[:, :max_objects]
-        num_objects = max_objects
-
-    finite = ops.all(ops.isfinite(boxes), axis=-1)
-    boxes = ops.where(finite[..., None], boxes, 0.0)
+    boxes, labels, finite, num_objects = checked_objects(boxes, labels, max_objects)
     input_width, input_height = width * stride, height * stride
     x1 = ops.clip(boxes[..., 0], 0.0, input_width - 1.0)
     y1 = ops.clip(boxes[..., 1], 0.0, input_height - 1.0)

@@ -12,6 +12,35 @@ from keras_centernet.targets.gaussian import gaussian_radius
 from keras_centernet.targets.gaussian import ttfnet_radii
 
 
+def checked_objects(boxes, labels, max_objects):
+    """Padded boxes and labels, checked and cut to `max_objects`, as every renderer needs.
+
+    Args:
+        boxes: tensor (B, M, 4), `xyxy`.
+        labels: tensor (B, M), -1 for padding.
+        max_objects: int. Objects kept per image (the official loader's
+            `num_objs = min(len(anns), max_objs)`).
+
+    Returns:
+        `(boxes, labels, finite, num_objects)`: float32 boxes with
+        non-finite ones set to 0, int32 labels, the (B, M) mask of finite
+        boxes, and the static number of objects (or None).
+    """
+    boxes = ops.convert_to_tensor(boxes, "float32")
+    labels = ops.cast(ops.convert_to_tensor(labels), "int32")
+    if len(boxes.shape) != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"`boxes` must have shape (B, M, 4); received {boxes.shape}.")
+    if len(labels.shape) != 2:
+        raise ValueError(f"`labels` must have shape (B, M); received {labels.shape}.")
+    num_objects = boxes.shape[1]
+    if num_objects is not None and num_objects > max_objects:
+        boxes = boxes[:, :max_objects]
+        labels = labels[:, :max_objects]
+        num_objects = max_objects
+    finite = ops.all(ops.isfinite(boxes), axis=-1)
+    return ops.where(finite[..., None], boxes, 0.0), labels, finite, num_objects
+
+
 def render_targets(boxes, labels, output_size, num_classes, max_objects=128, radius="official"):
     """Heatmap, size, offset, index and mask targets of a batch, as the official `ctdet.py`.
 
@@ -70,21 +99,7 @@ def render_targets(boxes, labels, output_size, num_classes, max_objects=128, rad
     if radius not in RADIUS_METHODS:
         raise ValueError(f"`radius` must be one of {RADIUS_METHODS}; received {radius!r}.")
     height, width = (int(v) for v in output_size)
-    boxes = ops.convert_to_tensor(boxes, "float32")
-    labels = ops.cast(ops.convert_to_tensor(labels), "int32")
-    if len(boxes.shape) != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"`boxes` must have shape (B, M, 4); received {boxes.shape}.")
-    if len(labels.shape) != 2:
-        raise ValueError(f"`labels` must have shape (B, M); received {labels.shape}.")
-    num_objects = boxes.shape[1]
-    if num_objects is not None and num_objects > max_objects:
-        # The official loader: `num_objs = min(len(anns), max_objs)`.
-        boxes = boxes[:, :max_objects]
-        labels = labels[:, :max_objects]
-        num_objects = max_objects
-
-    finite = ops.all(ops.isfinite(boxes), axis=-1)
-    boxes = ops.where(finite[..., None], boxes, 0.0)
+    boxes, labels, finite, num_objects = checked_objects(boxes, labels, max_objects)
     x1 = ops.clip(boxes[..., 0], 0.0, width - 1.0)
     y1 = ops.clip(boxes[..., 1], 0.0, height - 1.0)
     x2 = ops.clip(boxes[..., 2], 0.0, width - 1.0)
