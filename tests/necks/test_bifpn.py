@@ -1,20 +1,14 @@
 """BiFPN neck: the fast normalised fusion against NumPy, the bidirectional graph, round trips."""
 
-import keras
 import numpy as np
 import pytest
 
 from keras_centernet.necks.bifpn import BiFPNNeck
 from keras_centernet.necks.bifpn import FastNormalizedFusion
+from tests.necks.common import check_neck_saving
+from tests.necks.common import pyramid
 from tests.test_case import TestCase
 from tests.test_case import to_numpy
-
-
-def pyramid(rng, channels, size=16, batch=1):
-    return [
-        rng.normal(size=(batch, size // 2**i, size // 2**i, c)).astype("float32")
-        for i, c in enumerate(channels)
-    ]
 
 
 class TestFastNormalizedFusion(TestCase):
@@ -84,13 +78,9 @@ class TestBiFPNNeck(TestCase):
         assert (revived.filters, revived.num_repeats, revived.num_levels) == (8, 2, 3)
 
     def test_saving_round_trip(self, rng, tmp_path):
-        channels = (4, 5, 6, 7)
-        inputs = [keras.Input((None, None, c)) for c in channels]
-        model = keras.Model(inputs, BiFPNNeck(filters=8, num_repeats=2)(inputs))
-        for weight in model.weights:
-            if "fusion_weights" in weight.path:
-                weight.assign(rng.uniform(0.2, 2.0, size=weight.shape).astype("float32"))
-        self.run_model_saving_test(model, pyramid(rng, channels), tmp_path, atol=1e-5)
+        check_neck_saving(
+            self, BiFPNNeck(filters=8, num_repeats=2), (4, 5, 6, 7), rng, tmp_path,
+            randomize=("fusion_weights", lambda shape: rng.uniform(0.2, 2.0, size=shape)))
 
     @pytest.mark.multi_backend
     def test_rejects_bad_arguments(self, rng):

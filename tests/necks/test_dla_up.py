@@ -1,6 +1,5 @@
 """DLA's IDA-up neck and its depthwise transposed convolution (official `pose_dla_dcn.py`)."""
 
-import keras
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,8 @@ from keras_centernet.layers.depthwise_conv2d_transpose import bilinear_kernel
 from keras_centernet.necks.dla_up import DLAUpNeck
 from keras_centernet.necks.dla_up import IDAUp
 from tests.official_fixtures import load_manifest
+from tests.necks.common import check_neck_saving
+from tests.necks.common import pyramid
 from tests.test_case import TestCase
 from tests.test_case import to_numpy
 
@@ -28,13 +29,6 @@ def torch_depthwise_transpose(x_nhwc, weight, factor):
         layer.weight.copy_(torch.from_numpy(weight))
         y = layer(torch.from_numpy(x_nhwc.transpose(0, 3, 1, 2)))
     return y.numpy().transpose(0, 2, 3, 1)
-
-
-def pyramid(rng, channels, size=16, batch=1):
-    return [
-        rng.normal(size=(batch, size // 2**i, size // 2**i, c)).astype("float32")
-        for i, c in enumerate(channels)
-    ]
 
 
 class TestDepthwiseConv2DTranspose(TestCase):
@@ -154,13 +148,9 @@ class TestDLAUpNeck(TestCase):
 
     def test_saving_round_trip(self, rng, tmp_path):
         channels = (8, 12, 16)
-        inputs = [keras.Input((None, None, c)) for c in channels]
-        model = keras.Model(inputs, DLAUpNeck(channels=channels)(inputs))
         # Non-trivial DCN offsets, so that every weight matters.
-        for weight in model.weights:
-            if "offset" in weight.path:
-                weight.assign(rng.normal(0, 0.1, size=weight.shape).astype("float32"))
-        self.run_model_saving_test(model, pyramid(rng, channels), tmp_path, atol=1e-5)
+        check_neck_saving(self, DLAUpNeck(channels=channels), channels, rng, tmp_path,
+                          randomize=("offset", lambda shape: rng.normal(0, 0.1, size=shape)))
 
     @pytest.mark.multi_backend
     def test_rejects_bad_arguments(self, rng):

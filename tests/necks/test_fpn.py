@@ -1,19 +1,13 @@
 """FPN neck: top-down fusion against a NumPy reference, shapes, round trips."""
 
-import keras
 import numpy as np
 import pytest
 
 from keras_centernet.necks.fpn import FPNNeck
+from tests.necks.common import check_neck_saving
+from tests.necks.common import pyramid
 from tests.test_case import TestCase
 from tests.test_case import to_numpy
-
-
-def pyramid(rng, channels, size=16, batch=1):
-    return [
-        rng.normal(size=(batch, size // 2**i, size // 2**i, c)).astype("float32")
-        for i, c in enumerate(channels)
-    ]
 
 
 def identity_smoothing(neck):
@@ -66,10 +60,8 @@ class TestFPNNeck(TestCase):
 
     @pytest.mark.parametrize("upsampling", ["nearest", "transposed"])
     def test_saving_round_trip(self, rng, tmp_path, upsampling):
-        channels = (4, 5, 6, 7)
-        inputs = [keras.Input((None, None, c)) for c in channels]
-        model = keras.Model(inputs, FPNNeck(filters=8, upsampling=upsampling)(inputs))
-        self.run_model_saving_test(model, pyramid(rng, channels), tmp_path, atol=1e-5)
+        check_neck_saving(self, FPNNeck(filters=8, upsampling=upsampling), (4, 5, 6, 7), rng,
+                          tmp_path)
 
     @pytest.mark.multi_backend
     def test_rejects_bad_arguments(self, rng):

@@ -1,20 +1,14 @@
 """IDA neck: DLA's aggregation (`DLAUpNeck`) on any pyramid, with optional projections."""
 
-import keras
 import numpy as np
 import pytest
 
 from keras_centernet.necks.dla_up import DLAUpNeck
 from keras_centernet.necks.ida import IDANeck
+from tests.necks.common import check_neck_saving
+from tests.necks.common import pyramid
 from tests.test_case import TestCase
 from tests.test_case import to_numpy
-
-
-def pyramid(rng, channels, size=16, batch=1):
-    return [
-        rng.normal(size=(batch, size // 2**i, size // 2**i, c)).astype("float32")
-        for i, c in enumerate(channels)
-    ]
 
 
 class TestIDANeck(TestCase):
@@ -49,13 +43,8 @@ class TestIDANeck(TestCase):
         assert (revived.filters, revived.num_levels) == (None, 3)
 
     def test_saving_round_trip(self, rng, tmp_path):
-        channels = (6, 8, 10, 12)
-        inputs = [keras.Input((None, None, c)) for c in channels]
-        model = keras.Model(inputs, IDANeck(filters=4)(inputs))
-        for weight in model.weights:
-            if "offset" in weight.path:
-                weight.assign(rng.normal(0, 0.1, size=weight.shape).astype("float32"))
-        self.run_model_saving_test(model, pyramid(rng, channels), tmp_path, atol=1e-5)
+        check_neck_saving(self, IDANeck(filters=4), (6, 8, 10, 12), rng, tmp_path,
+                          randomize=("offset", lambda shape: rng.normal(0, 0.1, size=shape)))
 
     @pytest.mark.multi_backend
     def test_rejects_bad_arguments(self, rng):
