@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_centernet.losses.iou import ltrb_to_boxes
 from keras_centernet.losses.regression import gather_at_indices
 
 
@@ -39,6 +40,62 @@ def decode_detections(
         Zhou et al., "Objects as Points", 2019, section 4; the official
         `ctdet_decode` in `src/lib/models/decode.py`.
     """
+    scores, labels, indices = _peaks(heatmap, max_detections, heatmap_is_probability)
+    width = heatmap.shape[2] if heatmap.shape[2] is not None else ops.shape(heatmap)[2]
+    ys = ops.cast(indices // width, "float32")
+    xs = ops.cast(indices % width, "float32")
+    offsets = ops.cast(gather_at_indices(offset, indices), "float32")
+    sizes = ops.cast(gather_at_indices(size, indices), "float32")
+    center_x = xs + offsets[..., 0]
+    center_y = ys + offsets[..., 1]
+    half_w = sizes[..., 0] / 2
+    half_h = sizes[..., 1] / 2
+    boxes = ops.stack(
+        [center_x - half_w, center_y - half_h, center_x + half_w, center_y + half_h], axis=-1
+    )
+    return {"boxes": boxes * stride, "scores": scores, "labels": labels}
+
+
+def decode_ltrb_detections(heatmap, ltrb, max_detections=100, stride=4, heatmap_is_probability=False):
+    """Boxes, scores and labels from the heatmap and the LTRB distance map; no NMS.
+
+    Peaks and top-K as `decode_detections`; the box of a peak at pixel
+    `(x, y)` is `(x - left, y - top, x + right, y + bottom)` with the
+    distances read there (TTFNet's decoding, with the peak pixel itself as
+    the reference point: no offset), times `stride` to input pixels.
+
+    Args:
+        heatmap: float tensor `(B, H, W, C)`: logits, or probabilities when
+            `heatmap_is_probability`.
+        ltrb: float tensor `(B, H, W, 4)`, distances `(left, top, right,
+            bottom)` to the box sides in map pixels.
+        max_detections: int. `K`. Defaults to 100.
+        stride: number. Input pixels per map pixel. Defaults to 4.
+        heatmap_is_probability: bool. Defaults to False.
+
+    Returns:
+        dict: `boxes` float32 `(B, K, 4)` `xyxy` in input pixels, `scores`
+        float32 `(B, K)` (descending), `labels` int32 `(B, K)`.
+
+    Example:
+
+    >>> raw = model(images)  # a model with `box_head="ltrb"`
+    >>> detections = decode_ltrb_detections(raw["heatmap"], raw["ltrb"])
+
+    Reference:
+        Liu et al., "Training-Time-Friendly Network for Real-Time Object
+        Detection", AAAI 2020, section 3.4.
+    """
+    scores, labels, indices = _peaks(heatmap, max_detections, heatmap_is_probability)
+    width = heatmap.shape[2] if heatmap.shape[2] is not None else ops.shape(heatmap)[2]
+    ys = ops.cast(indices // width, "float32")
+    xs = ops.cast(indices % width, "float32")
+    boxes = ltrb_to_boxes(gather_at_indices(ltrb, indices), xs, ys)
+    return {"boxes": boxes * stride, "scores": scores, "labels": labels}
+
+
+def _peaks(heatmap, max_detections, heatmap_is_probability):
+    """The official peak extraction and two-stage top-K: `(scores, labels, flat indices)`, `(B, K)` each."""
     heatmap = ops.cast(heatmap, "float32")
     heat = heatmap if heatmap_is_probability else ops.sigmoid(heatmap)
     peaks = ops.max_pool(heat, pool_size=3, strides=1, padding="same")
@@ -60,19 +117,7 @@ def decode_detections(
                                   if isinstance(classes, int) else max_detections)
     labels = ops.cast(candidate // per_class_k, "int32")
     indices = ops.take_along_axis(class_indices, candidate, axis=1)
-
-    ys = ops.cast(indices // width, "float32")
-    xs = ops.cast(indices % width, "float32")
-    offsets = ops.cast(gather_at_indices(offset, indices), "float32")
-    sizes = ops.cast(gather_at_indices(size, indices), "float32")
-    center_x = xs + offsets[..., 0]
-    center_y = ys + offsets[..., 1]
-    half_w = sizes[..., 0] / 2
-    half_h = sizes[..., 1] / 2
-    boxes = ops.stack(
-        [center_x - half_w, center_y - half_h, center_x + half_w, center_y + half_h], axis=-1
-    )
-    return {"boxes": boxes * stride, "scores": scores, "labels": labels}
+    return scores, labels, indices
 
 
 def apply_score_threshold(detections, score_threshold):
@@ -119,7 +164,8 @@ class CenterNetDecoder(keras.layers.Layer):
         stride: number. Input pixels per map pixel. Defaults to 4.
 
     Call arguments:
-        raw: dict with `heatmap` (logits), `size`, `offset` maps.
+        raw: dict with `heatmap` (logits) and either `size` and `offset`
+            maps or an `ltrb` map (`decode_ltrb_detections`).
 
     Returns:
         dict: `boxes` `(B, K, 4)` `xyxy` in input pixels, `scores` `(B, K)`,
@@ -140,6 +186,11 @@ class CenterNetDecoder(keras.layers.Layer):
         self.stride = stride
 
     def call(self, raw):
+        if "ltrb" in raw:
+            detections = decode_ltrb_detections(
+                raw["heatmap"], raw["ltrb"], max_detections=self.max_detections, stride=self.stride
+            )
+            return apply_score_threshold(detections, self.score_threshold)
         detections = decode_detections(
             raw["heatmap"], raw["size"], raw["offset"],
             max_detections=self.max_detections, stride=self.stride,

@@ -9,7 +9,9 @@ class PredictionHead(keras.layers.Layer):
     `head_channels` filters; the output convolution `channels`. The heatmap
     head starts its output bias at `-2.19` (= -log((1 - 0.1) / 0.1), a prior
     probability of 0.1 for every class, section 4 of the paper) so the focal
-    loss starts stable.
+    loss starts stable. A head of distances (the LTRB box head) outputs
+    `relu(x) * distance_scale`, as TTFNet's `relu(wh) * wh_offset_base`:
+    non-negative, and of a useful size from the first step.
 
     Args:
         channels: int. Output channels (classes for a heatmap, 2 for sizes).
@@ -20,6 +22,9 @@ class PredictionHead(keras.layers.Layer):
             initialisation of both kernels (the official `fill_fc_weights`
             uses 0.001 for the regression heads). Defaults to `None`, Keras'
             default initialiser.
+        distance_scale: optional float. When set, the output is
+            `relu(output) * distance_scale` (non-negative distances).
+            Defaults to `None`, the linear output.
 
     Example:
 
@@ -29,7 +34,9 @@ class PredictionHead(keras.layers.Layer):
     (1, 32, 32, 80)
     """
 
-    def __init__(self, channels, head_channels=64, bias_init=0.0, kernel_stddev=None, **kwargs):
+    def __init__(
+        self, channels, head_channels=64, bias_init=0.0, kernel_stddev=None, distance_scale=None, **kwargs
+    ):
         super().__init__(**kwargs)
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"`channels` must be a positive int; received {channels!r}.")
@@ -41,6 +48,9 @@ class PredictionHead(keras.layers.Layer):
         self.head_channels = head_channels
         self.bias_init = float(bias_init)
         self.kernel_stddev = kernel_stddev
+        if distance_scale is not None and not distance_scale > 0:
+            raise ValueError(f"`distance_scale` must be positive; received {distance_scale!r}.")
+        self.distance_scale = None if distance_scale is None else float(distance_scale)
         initializer = (
             "glorot_uniform"
             if kernel_stddev is None
@@ -61,7 +71,10 @@ class PredictionHead(keras.layers.Layer):
         self.output_conv.build(self.hidden.compute_output_shape(input_shape))
 
     def call(self, features):
-        return self.output_conv(self.hidden(features))
+        output = self.output_conv(self.hidden(features))
+        if self.distance_scale is None:
+            return output
+        return keras.ops.relu(output) * self.distance_scale
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.channels,)
@@ -74,6 +87,7 @@ class PredictionHead(keras.layers.Layer):
                 "head_channels": self.head_channels,
                 "bias_init": self.bias_init,
                 "kernel_stddev": self.kernel_stddev,
+                "distance_scale": self.distance_scale,
             }
         )
         return config
