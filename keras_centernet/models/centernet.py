@@ -4,17 +4,30 @@ from keras.src.losses.loss import scale_loss_for_distribution
 
 from keras_centernet.layers.decoder import apply_score_threshold
 from keras_centernet.layers.decoder import decode_detections
+from keras_centernet.layers.decoder import decode_ltrb_detections
 from keras_centernet.layers.prediction_head import HEATMAP_PRIOR_BIAS
 from keras_centernet.layers.prediction_head import PredictionHead
 from keras_centernet.layers.preprocessing import ImageNormalization
 from keras_centernet.layers.soft_nms import soft_nms
 from keras_centernet.losses.focal import CLAMP_GRADIENTS
 from keras_centernet.losses.focal import focal_loss
+from keras_centernet.losses.iou import IOU_LOSSES
+from keras_centernet.losses.iou import ltrb_center_loss
+from keras_centernet.losses.iou import ltrb_gaussian_loss
 from keras_centernet.losses.regression import reg_l1_loss
+from keras_centernet.losses.reid import reid_embedding_scale
+from keras_centernet.losses.reid import reid_loss
 from keras_centernet.targets.render import render_targets
 
 # The paper's multi-scale test (official `--test_scales`).
 OFFICIAL_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+
+# How the box is regressed: the paper's `size` (+ `offset`) heads, or TTFNet's distances to the four sides.
+BOX_HEADS = ("size", "ltrb")
+# TTFNet's `wh_offset_base` (16 input pixels), in stride-4 map pixels.
+LTRB_DISTANCE_SCALE = 4.0
+# FairMOT's embedding dimension.
+REID_DIM = 128
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
@@ -24,7 +37,11 @@ class CenterNet(keras.Model):
     A backbone returns a feature pyramid, a neck brings it to one stride-4
     map, and prediction heads (a dict name -> channels) read that map:
     by default a class `heatmap` (logits), the box `size` (w, h in output
-    pixels) and the sub-pixel `offset` of the centre. A stacked hourglass is
+    pixels) and the sub-pixel `offset` of the centre; with
+    `box_head="ltrb"`, instead of size and offset, the distances `ltrb`
+    `(left, top, right, bottom)` from the centre pixel to the box's sides
+    (TTFNet), trained with an IoU loss; with `num_identities`, a FairMOT
+    re-identification embedding `reid`. A stacked hourglass is
     backbone and neck at once: with `neck=None`, the backbone returns one
     stride-4 map per stack, each stack gets its own heads, and the last stack
     is the model's output.
@@ -43,7 +60,9 @@ class CenterNet(keras.Model):
         num_classes: int. Number of object classes. Defaults to 80.
         head_channels: int. Hidden channels of every head. Defaults to 64.
         heads: dict name -> output channels. Defaults to
-            `{"heatmap": num_classes, "size": 2, "offset": 2}`; extra heads
+            `{"heatmap": num_classes, "size": 2, "offset": 2}`, or
+            `{"heatmap": num_classes, "ltrb": 4}` with `box_head="ltrb"`,
+            plus `"reid": reid_dim` with `num_identities`; extra heads
             (pose, 3D) are added here.
         max_objects: int. Objects per image in training targets. Defaults
             to 128.
@@ -71,13 +90,39 @@ class CenterNet(keras.Model):
             The official training augmentation run on the accelerator, in
             training only (for datasets made with `augment_on="accelerator"`,
             whose boxes are on the canvas). Defaults to `None`.
+        box_head: `"size"` or `"ltrb"`. `"size"`: the paper's `size` and
+            `offset` heads, L1 losses at the centres. `"ltrb"`: one `ltrb`
+            head of non-negative distances from the centre pixel to the
+            box's sides, in output pixels (`relu(x) * 4`, TTFNet's scaling),
+            trained with `iou_loss`; not in the paper. Defaults to
+            `"size"`.
+        iou_loss: `"giou"`, `"diou"` or `"ciou"`. The LTRB box loss.
+            Defaults to `"giou"`.
+        ltrb_gaussian: bool. With `box_head="ltrb"`: every pixel of each
+            object's Gaussian regresses its box, weighted as TTFNet
+            (`ltrb_gaussian_loss`), instead of the centre pixel only;
+            TTFNet pairs it with `radius="ttfnet"`. Defaults to False.
+        ltrb_loss_weight: float. Weight of the LTRB loss. Defaults to 5
+            (TTFNet's GIoU weight).
+        num_identities: int or `None`. Identities of the training set:
+            when set, a `reid` embedding head and a linear identity
+            classifier train with FairMOT's loss (`reid_loss`), from the
+            targets' `"ids"`. Defaults to `None` (no re-identification).
+        reid_dim: int or `None`. Channels of the `reid` embedding. Defaults
+            to 128 (FairMOT) when `num_identities` is set.
+        reid_loss_weight: float. Weight of the identity loss. Defaults to
+            1 (FairMOT's learned uncertainty weighting is not used).
 
     Training: `model.compile(optimizer=...)` and `model.fit(dataset)` with
     batches `(images, {"boxes": (B, M, 4), "labels": (B, M)})` (boxes in
-    input pixels, format `bounding_box_format`, label -1 for padding). The
-    targets are rendered inside the training step; the loss is the paper's
-    (focal loss + 0.1 size L1 + offset L1, averaged over hourglass stacks),
-    its parts logged as `heatmap_loss`, `size_loss` and `offset_loss`.
+    input pixels, format `bounding_box_format`, label -1 for padding); a
+    model with `num_identities` also needs `"ids": (B, M)` int, the
+    identity of each object slot in `[0, num_identities)`, -1 when unknown
+    or padding. The targets are rendered inside the training step; the
+    loss is the paper's (focal loss + 0.1 size L1 + offset L1, averaged
+    over hourglass stacks), its parts logged as `heatmap_loss`,
+    `size_loss` and `offset_loss` (with `box_head="ltrb"`: `heatmap_loss`
+    and `ltrb_loss`; with re-identification, also `reid_loss`).
 
     Prediction: `model.predict(images)` returns `{"boxes": (B, K, 4),
     "scores": (B, K), "labels": (B, K), "num_detections": (B,)}` in input
@@ -117,23 +162,41 @@ class CenterNet(keras.Model):
         test_scales=(1.0,),
         focal_clamp_gradient="official",
         augmentation=None,
+        box_head="size",
+        iou_loss="giou",
+        ltrb_gaussian=False,
+        ltrb_loss_weight=5.0,
+        num_identities=None,
+        reid_dim=None,
+        reid_loss_weight=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"`num_classes` must be a positive int; received {num_classes!r}.")
-        if heads is None:
-            heads = {"heatmap": num_classes, "size": 2, "offset": 2}
-        heads = dict(heads)
+        if box_head not in BOX_HEADS:
+            raise ValueError(f"`box_head` must be one of {BOX_HEADS}; received {box_head!r}.")
+        if iou_loss not in IOU_LOSSES:
+            raise ValueError(f"`iou_loss` must be one of {IOU_LOSSES}; received {iou_loss!r}.")
+        if num_identities is not None and (not isinstance(num_identities, int) or num_identities < 1):
+            raise ValueError(f"`num_identities` must be a positive int or None; received {num_identities!r}.")
+        if num_identities is None and reid_dim is not None:
+            raise ValueError("`reid_dim` needs `num_identities` (the identities the embedding is trained on).")
+        if num_identities is not None:
+            reid_dim = REID_DIM if reid_dim is None else reid_dim
+            if not isinstance(reid_dim, int) or reid_dim < 1:
+                raise ValueError(f"`reid_dim` must be a positive int; received {reid_dim!r}.")
+        required = _required_heads(num_classes, box_head, reid_dim)
+        heads = dict(required) if heads is None else dict(heads)
         if heads.get("heatmap") != num_classes:
             raise ValueError(
                 f"`heads['heatmap']` must equal `num_classes` ({num_classes}); "
                 f"received heads {heads}."
             )
-        for name in ("size", "offset"):
-            if heads.get(name) != 2:
+        for name, channels in required.items():
+            if heads.get(name) != channels:
                 raise ValueError(
-                    f"`heads['{name}']` must be 2 channels; received heads {heads}."
+                    f"`heads['{name}']` must be {channels} channels; received heads {heads}."
                 )
         if radius not in ("official", "fixed", "ttfnet"):
             raise ValueError(
@@ -165,10 +228,17 @@ class CenterNet(keras.Model):
                         head_channels=head_channels,
                         bias_init=HEATMAP_PRIOR_BIAS if name == "heatmap" else 0.0,
                         kernel_stddev=None if name == "heatmap" else regression_head_stddev,
+                        distance_scale=LTRB_DISTANCE_SCALE if name == "ltrb" else None,
                         dtype=self.dtype_policy,
                         name=name if num_stacks == 1 else f"{name}_{stack}",
                     )
                 )
+        # FairMOT's identity classifier: trained with the embeddings, unused at inference.
+        self.reid_classifier = None
+        if num_identities is not None:
+            self.reid_classifier = keras.layers.Dense(
+                num_identities, dtype=self.dtype_policy, name="reid_classifier"
+            )
 
         # === Config ===
         self.num_classes = num_classes
@@ -190,22 +260,31 @@ class CenterNet(keras.Model):
         self.focal_clamp_gradient = focal_clamp_gradient
         # A layer (its seed generator is model state); see `call`.
         self.augmentation = augmentation
+        self.box_head = box_head
+        self.iou_loss = iou_loss
+        self.ltrb_gaussian = bool(ltrb_gaussian)
+        self.ltrb_loss_weight = ltrb_loss_weight
+        self.num_identities = num_identities
+        self.reid_dim = reid_dim
+        self.reid_loss_weight = reid_loss_weight
         self.raw_maps = False
 
         # === Loss parts, reported as metrics ===
         self.heatmap_loss_tracker = keras.metrics.Mean(name="heatmap_loss")
-        self.size_loss_tracker = keras.metrics.Mean(name="size_loss")
-        self.offset_loss_tracker = keras.metrics.Mean(name="offset_loss")
+        if box_head == "size":
+            self.size_loss_tracker = keras.metrics.Mean(name="size_loss")
+            self.offset_loss_tracker = keras.metrics.Mean(name="offset_loss")
+        else:
+            self.ltrb_loss_tracker = keras.metrics.Mean(name="ltrb_loss")
+        if num_identities is not None:
+            self.reid_loss_tracker = keras.metrics.Mean(name="reid_loss")
 
         self.build((None, None, None, 3))
 
     def build(self, input_shape):
-        if self.built:
-            return
-        self.preprocessor.check_input_shape(input_shape)
-        # A symbolic pass builds every sub-layer with the right shapes.
-        self.forward_stacks(keras.KerasTensor(input_shape), all_stacks=True)
-        self.built = True
+        if self.reid_classifier is not None and not self.reid_classifier.built:
+            self.reid_classifier.build((None, self.reid_dim))
+        build_by_symbolic_pass(self, input_shape)
 
     def stack_heads(self, stack):
         """The head layers of one stack, as a dict name -> layer."""
@@ -278,28 +357,41 @@ class CenterNet(keras.Model):
                 y, augmented["matrix"], ops.shape(x), bounding_box_format=self.bounding_box_format
             )
             x = augmented["images"]
+        if self.num_identities is not None and "ids" not in y:
+            raise ValueError(
+                "A CenterNet with `num_identities` trains on targets with `'ids': (B, M)` "
+                f"(-1 where unknown); received keys {sorted(y)}."
+            )
         targets = self.render_targets(x, y, y_pred["heatmap"])
         stacks = list(y_pred.get("intermediate", [])) + [y_pred]
-        heatmap_loss = size_loss = offset_loss = 0.0
+        # Loss parts in the order they are summed: heatmap, box (size, offset or ltrb), reid.
+        parts = {"heatmap": 0.0}
+        parts.update(dict.fromkeys(("size", "offset") if self.box_head == "size" else ("ltrb",), 0.0))
+        if self.num_identities is not None:
+            parts["reid"] = 0.0
         for outputs in stacks:
-            heatmap_loss += focal_loss(
+            parts["heatmap"] += focal_loss(
                 targets["heatmap"], outputs["heatmap"], clamp_gradient=self.focal_clamp_gradient
             )
-            size_loss += reg_l1_loss(outputs["size"], targets["indices"], targets["mask"], targets["size"])
-            offset_loss += reg_l1_loss(
-                outputs["offset"], targets["indices"], targets["mask"], targets["offset"]
-            )
-        heatmap_loss /= len(stacks)
-        size_loss /= len(stacks)
-        offset_loss /= len(stacks)
-        self.heatmap_loss_tracker.update_state(heatmap_loss)
-        self.size_loss_tracker.update_state(size_loss)
-        self.offset_loss_tracker.update_state(offset_loss)
-        total = (
-            self.heatmap_loss_weight * heatmap_loss
-            + self.size_loss_weight * size_loss
-            + self.offset_loss_weight * offset_loss
-        )
+            if self.box_head == "size":
+                parts["size"] += reg_l1_loss(
+                    outputs["size"], targets["indices"], targets["mask"], targets["size"]
+                )
+                parts["offset"] += reg_l1_loss(
+                    outputs["offset"], targets["indices"], targets["mask"], targets["offset"]
+                )
+            else:
+                parts["ltrb"] += self.ltrb_loss(outputs["ltrb"], targets)
+            if self.num_identities is not None:
+                parts["reid"] += reid_loss(
+                    outputs["reid"], targets["indices"], targets["mask"], targets["ids"],
+                    self.reid_classifier, reid_embedding_scale(self.num_identities),
+                )
+        total = 0.0
+        for name, value in parts.items():
+            value = value / len(stacks)
+            getattr(self, f"{name}_loss_tracker").update_state(value)
+            total = total + getattr(self, f"{name}_loss_weight") * value
         # Under `tf.distribute` each replica's loss is divided by the number of
         # replicas, so that the summed gradients are their mean (what Keras'
         # own `compute_loss` does); elsewhere this is the identity.
@@ -308,8 +400,24 @@ class CenterNet(keras.Model):
             total = total + ops.cast(self._aggregate_additional_loss(extra), total.dtype)
         return total
 
+    def ltrb_loss(self, ltrb_map, targets):
+        """The IoU loss of an `ltrb` map, at the centres or TTFNet-weighted over the Gaussians."""
+        if self.ltrb_gaussian:
+            return ltrb_gaussian_loss(
+                ltrb_map, targets["boxes"], targets["mask"], mode=self.iou_loss,
+                pixel_area=targets["stride"] ** 2,
+            )
+        return ltrb_center_loss(
+            ltrb_map, targets["indices"], targets["mask"], targets["boxes"], mode=self.iou_loss
+        )
+
     def render_targets(self, images, y, heatmap):
-        """Training targets of a batch on the output grid of `heatmap` (see `render_targets`)."""
+        """Training targets of a batch on the output grid of `heatmap` (see `render_targets`).
+
+        LTRB models also get `boxes` `(B, max_objects, 4)`, each slot's box
+        `xyxy` in map pixels as rendered (clipped), and the `stride`;
+        re-identification models the `ids` `(B, max_objects)` of the slots.
+        """
         height, width = heatmap.shape[1], heatmap.shape[2]
         if height is None or width is None:
             raise ValueError(
@@ -329,10 +437,24 @@ class CenterNet(keras.Model):
         stride_x = image_width / width if image_width else 4.0
         stride_y = image_height / height if image_height else 4.0
         boxes = boxes / ops.convert_to_tensor([stride_x, stride_y, stride_x, stride_y], "float32")
-        return render_targets(
+        targets = render_targets(
             boxes, labels, (height, width), self.num_classes,
             max_objects=self.max_objects, radius=self.radius,
         )
+        if self.box_head == "ltrb":
+            # The clipped box of each slot, back from its centre pixel, offset and size.
+            indices = targets["indices"]
+            center_x = ops.cast(indices % width, "float32") + targets["offset"][..., 0]
+            center_y = ops.cast(indices // width, "float32") + targets["offset"][..., 1]
+            half_w = targets["size"][..., 0] / 2
+            half_h = targets["size"][..., 1] / 2
+            targets["boxes"] = ops.stack(
+                [center_x - half_w, center_y - half_h, center_x + half_w, center_y + half_h], axis=-1
+            )
+            targets["stride"] = stride_x
+        if self.num_identities is not None:
+            targets["ids"] = _slot_values(y["ids"], self.max_objects)
+        return targets
 
     # === Prediction ===
 
@@ -388,11 +510,17 @@ class CenterNet(keras.Model):
         per_scale = []
         for scale in self.test_scales:
             scaled = images if scale == 1.0 else self._rescale(images, scale)
-            heat, size, offset = self._probability_maps(scaled)
+            heat, boxes = self._probability_maps(scaled)
             stride = _stride(scaled, heat)
-            detections = decode_detections(
-                heat, size, offset, self.max_detections, stride=stride, heatmap_is_probability=True
-            )
+            if self.box_head == "ltrb":
+                detections = decode_ltrb_detections(
+                    heat, boxes["ltrb"], self.max_detections, stride=stride, heatmap_is_probability=True
+                )
+            else:
+                detections = decode_detections(
+                    heat, boxes["size"], boxes["offset"], self.max_detections, stride=stride,
+                    heatmap_is_probability=True,
+                )
             if scale != 1.0:
                 detections["boxes"] = detections["boxes"] / scale
             per_scale.append(detections)
@@ -403,10 +531,11 @@ class CenterNet(keras.Model):
         return apply_score_threshold(detections, self.score_threshold)
 
     def _probability_maps(self, images):
-        """Sigmoid heatmap, size and offset of the last stack; averaged over a flip when asked."""
+        """Sigmoid heatmap and box maps (size and offset, or ltrb) of the last stack; averaged over a flip when asked."""
+        box_maps = ("size", "offset") if self.box_head == "size" else ("ltrb",)
         if not self.flip_test:
             raw = self(images, training=False)
-            return ops.sigmoid(ops.cast(raw["heatmap"], "float32")), raw["size"], raw["offset"]
+            return ops.sigmoid(ops.cast(raw["heatmap"], "float32")), {name: raw[name] for name in box_maps}
         # One batch of 2B: the images, then their mirrors.
         raw = self(ops.concatenate([images, ops.flip(images, axis=2)], axis=0), training=False)
 
@@ -416,10 +545,15 @@ class CenterNet(keras.Model):
             return value[0], ops.flip(value[1], axis=2)
 
         heat, heat_flipped = halves(ops.sigmoid(ops.cast(raw["heatmap"], "float32")))
+        if self.box_head == "ltrb":
+            ltrb, ltrb_flipped = halves(raw["ltrb"])
+            # In the mirror, the distance to the left side is the distance to the right.
+            ltrb_flipped = ops.take(ltrb_flipped, [2, 1, 0, 3], axis=-1)
+            return (heat + heat_flipped) / 2, {"ltrb": (ltrb + ltrb_flipped) / 2}
         size, size_flipped = halves(raw["size"])
         # As the official detector: the offset of the unflipped pass only.
         offset, _ = halves(raw["offset"])
-        return (heat + heat_flipped) / 2, (size + size_flipped) / 2, offset
+        return (heat + heat_flipped) / 2, {"size": (size + size_flipped) / 2, "offset": offset}
 
     def _rescale(self, images, scale):
         """Images resized by `scale` (as the official `int(h * scale)`), padded bottom/right to the divisor."""
@@ -471,6 +605,13 @@ class CenterNet(keras.Model):
                 "focal_clamp_gradient": self.focal_clamp_gradient,
                 "augmentation": None if self.augmentation is None
                 else keras.saving.serialize_keras_object(self.augmentation),
+                "box_head": self.box_head,
+                "iou_loss": self.iou_loss,
+                "ltrb_gaussian": self.ltrb_gaussian,
+                "ltrb_loss_weight": self.ltrb_loss_weight,
+                "num_identities": self.num_identities,
+                "reid_dim": self.reid_dim,
+                "reid_loss_weight": self.reid_loss_weight,
             }
         )
         return config
@@ -492,12 +633,14 @@ class CenterNet(keras.Model):
         Args:
             preset: str. One of `keras_centernet.models.presets.PRESETS`
                 (`"resnet18"`, `"resnet18_dcn"`, `"resnet101_dcn"`, `"dla34"`,
-                `"hourglass104"`, `"hourglass52"`, ...).
+                `"hourglass104"`, `"hourglass52"`, ...; not in the paper:
+                `"mobilenetv3_fpn"` with the LTRB head, `"resnet50_bifpn"`).
             num_classes: int. Defaults to 80.
             head_channels: int. Defaults to the preset's (the official
                 `head_conv`: 64 for ResNets, 256 for DLA and hourglass).
-            heads: dict name -> channels. Defaults to heatmap/size/offset.
-            **kwargs: other `CenterNet` arguments.
+            heads: dict name -> channels. Defaults to the preset's heads.
+            **kwargs: other `CenterNet` arguments; they override the
+                preset's (e.g. `box_head="size"` on `"mobilenetv3_fpn"`).
 
         Example:
 
@@ -512,6 +655,7 @@ class CenterNet(keras.Model):
             "num_classes": num_classes,
             "head_channels": head_channels or spec["head_channels"],
             "size_divisor": spec["size_divisor"],
+            **spec.get("options", {}),
         }
         if heads is not None:
             config["heads"] = heads
@@ -520,6 +664,43 @@ class CenterNet(keras.Model):
         # Names the default export folder, `saved_models/<preset>/`.
         model.preset = preset
         return model
+
+
+def build_by_symbolic_pass(model, input_shape):
+    """The `build` of the CenterNet models: one symbolic pass of `forward_stacks` builds every sub-layer.
+
+    `model` has a `preprocessor` (`ImageNormalization`) and a
+    `forward_stacks(images, all_stacks=True)`; a built model is left as is.
+    """
+    if model.built:
+        return
+    model.preprocessor.check_input_shape(input_shape)
+    model.forward_stacks(keras.KerasTensor(input_shape), all_stacks=True)
+    model.built = True
+
+
+def _required_heads(num_classes, box_head, reid_dim):
+    """The heads a model's losses read, name -> channels."""
+    heads = {"heatmap": num_classes}
+    heads.update({"size": 2, "offset": 2} if box_head == "size" else {"ltrb": 4})
+    if reid_dim is not None:
+        heads["reid"] = reid_dim
+    return heads
+
+
+def _slot_values(values, max_objects):
+    """Per-object values `(B, M)` cut or padded with -1 to the `max_objects` target slots."""
+    values = ops.cast(ops.convert_to_tensor(values), "int32")
+    if len(values.shape) != 2:
+        raise ValueError(f"`ids` must have shape (B, M); received {values.shape}.")
+    num_objects = values.shape[1]
+    if num_objects is None:  # as `render_targets`: slots then follow the batch's objects
+        return values
+    if num_objects > max_objects:
+        return values[:, :max_objects]
+    if num_objects < max_objects:
+        return ops.pad(values, ((0, 0), (0, max_objects - num_objects)), constant_values=-1)
+    return values
 
 
 def _check_test_scales(test_scales):

@@ -22,6 +22,7 @@ from keras_centernet.losses.embedding import embedding_losses
 from keras_centernet.losses.embedding import keypoint_offset_loss
 from keras_centernet.losses.focal import CLAMP_GRADIENTS
 from keras_centernet.losses.focal import focal_loss
+from keras_centernet.models.centernet import build_by_symbolic_pass
 from keras_centernet.targets.corners import KEYPOINTS
 from keras_centernet.targets.corners import render_triplet_targets
 
@@ -207,11 +208,7 @@ class CenterNetTriplets(keras.Model):
         self.build((None, None, None, 3))
 
     def build(self, input_shape):
-        if self.built:
-            return
-        self.preprocessor.check_input_shape(input_shape)
-        self.forward_stacks(keras.KerasTensor(input_shape), all_stacks=True)
-        self.built = True
+        build_by_symbolic_pass(self, input_shape)
 
     def forward_stacks(self, images, training=None, all_stacks=False):
         """Raw head outputs of every stack (or only the last), as a list of dicts."""

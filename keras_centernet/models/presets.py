@@ -2,11 +2,17 @@
 
 Each backbone module defines a `PRESETS` dict: name -> spec with
 `backbone` (a function returning the backbone), `neck` (a function or `None`),
-`head_channels` (the official `head_conv`), `size_divisor` (the total stride)
-and `description`.
+`head_channels` (the official `head_conv`), `size_divisor` (the total stride),
+`description` and optionally `options` (other `CenterNet` arguments, such as
+the box head). The modular presets below, not in the paper, pair a
+`keras.applications` backbone with an FPN or BiFPN neck.
 """
 
 import importlib
+
+from keras_centernet.backbones.applications import ApplicationBackbone
+from keras_centernet.necks.bifpn import BiFPNNeck
+from keras_centernet.necks.fpn import FPNNeck
 
 # Modules that contribute presets, in the order they are listed.
 _PRESET_MODULES = (
@@ -16,8 +22,33 @@ _PRESET_MODULES = (
 )
 
 
+MODULAR_PRESETS = {
+    "mobilenetv3_fpn": {
+        "backbone": lambda: ApplicationBackbone("mobilenet_v3_large"),
+        "neck": lambda: FPNNeck(filters=128),
+        "head_channels": 64,
+        "size_divisor": 32,
+        "options": {"box_head": "ltrb", "iou_loss": "giou"},
+        "description": (
+            "MobileNetV3-Large (keras.applications, random weights) with a 128-channel FPN to "
+            "stride 4 and the LTRB box head trained with GIoU (TTFNet-style); not in the paper."
+        ),
+    },
+    "resnet50_bifpn": {
+        "backbone": lambda: ApplicationBackbone("resnet50"),
+        "neck": lambda: BiFPNNeck(filters=64, num_repeats=3),
+        "head_channels": 64,
+        "size_divisor": 32,
+        "description": (
+            "ResNet-50 (keras.applications, random weights) with three 64-channel BiFPN layers "
+            "(EfficientDet-D0's) to stride 4 and the paper's size and offset heads; not in the paper."
+        ),
+    },
+}
+
+
 def _collect():
-    presets = {}
+    presets = dict(MODULAR_PRESETS)
     for module_name in _PRESET_MODULES:
         try:
             module = importlib.import_module(module_name)
