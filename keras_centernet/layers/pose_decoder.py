@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_centernet.layers.decoder import CenterNetDecoder
+from keras_centernet.layers.decoder import _peaks
 from keras_centernet.layers.decoder import apply_score_threshold
 from keras_centernet.losses.regression import gather_at_indices
 
@@ -13,7 +14,7 @@ JOINT_THRESHOLD = 0.1
 SNAP_DISTANCE = 0.3
 
 
-def _peaks(heat):
+def _local_maxima(heat):
     """Exact local maxima of a 3x3 max pool (the official `_nms`), others zeroed."""
     pooled = ops.max_pool(heat, pool_size=3, strides=1, padding="same")
     return ops.where(ops.equal(pooled, heat), heat, 0.0)
@@ -77,24 +78,17 @@ def decode_poses(
     """
     if not isinstance(max_detections, int) or max_detections < 1:
         raise ValueError(f"`max_detections` must be a positive int; received {max_detections!r}.")
-    heat = ops.cast(heatmap, "float32")
-    heat = heat if heatmap_is_probability else ops.sigmoid(heat)
-    heat = _peaks(heat)
-    batch = ops.shape(heat)[0]
-    height, width, classes = heat.shape[1], heat.shape[2], heat.shape[3]
+    batch = ops.shape(heatmap)[0]
+    height, width, classes = heatmap.shape[1], heatmap.shape[2], heatmap.shape[3]
     if height is None or width is None or classes is None:
-        raise ValueError(f"Pose decoding needs static map sizes; received heatmap {heat.shape}.")
+        raise ValueError(f"Pose decoding needs static map sizes; received heatmap {heatmap.shape}.")
     num_joints = keypoints.shape[-1] // 2
     if keypoints.shape[-1] != 2 * num_joints or num_joints < 1:
         raise ValueError(f"`keypoints` must have 2J channels; received {keypoints.shape}.")
     k = min(max_detections, height * width)
 
-    # Person peaks: per class, then over classes (the official `_topk`).
-    by_class = ops.reshape(ops.transpose(heat, (0, 3, 1, 2)), (batch, classes, -1))
-    class_scores, class_indices = ops.top_k(by_class, k)
-    scores, candidate = ops.top_k(ops.reshape(class_scores, (batch, -1)), min(k, k * classes))
-    labels = ops.cast(candidate // k, "int32")
-    indices = ops.take_along_axis(ops.reshape(class_indices, (batch, -1)), candidate, axis=1)
+    # Person peaks as `decode_detections` (the official `_nms` and `_topk`).
+    scores, labels, indices = _peaks(heatmap, max_detections, heatmap_is_probability)
     xs = ops.cast(indices % width, "float32")
     ys = ops.cast(indices // width, "float32")
 
@@ -115,7 +109,7 @@ def decode_poses(
     if keypoint_heatmap is not None:
         joint_heat = ops.cast(keypoint_heatmap, "float32")
         joint_heat = joint_heat if heatmap_is_probability else ops.sigmoid(joint_heat)
-        joint_heat = _peaks(joint_heat)
+        joint_heat = _local_maxima(joint_heat)
         by_joint = ops.reshape(ops.transpose(joint_heat, (0, 3, 1, 2)), (batch, num_joints, -1))
         peak_scores, peak_indices = ops.top_k(by_joint, k)  # (B, J, Kp)
         peak_x = ops.cast(peak_indices % width, "float32")
