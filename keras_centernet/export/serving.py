@@ -10,7 +10,6 @@ from keras_centernet.data.augment import warp_affine
 from keras_centernet.data.decode import decode_image
 
 DETECTION_KEYS = ("boxes", "scores", "labels", "num_detections")
-RAW_MAP_KEYS = ("heatmap", "size", "offset")
 
 
 def detection_function(model):
@@ -65,11 +64,16 @@ def with_input_check(function, input_size, divisor, name):
 
 
 def raw_maps_function(model):
-    """`images -> {"heatmap" (logits), "size", "offset"}` of the last stack, at stride 4."""
+    """`images -> the network's maps` of the last stack, at stride 4, before decoding.
+
+    Every head of the model's inference output: for a `CenterNet`,
+    `heatmap` (logits), `size` and `offset`; for a `CenterNetTriplets`, its
+    corner and centre heatmaps, embeddings and offsets.
+    """
 
     def raw_maps(images):
         outputs = model(images, training=False)
-        return {key: tf.cast(outputs[key], tf.float32) for key in RAW_MAP_KEYS}
+        return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
     return raw_maps
 

@@ -108,7 +108,9 @@ def soft_nms(
     def step(_, state):
         scores, active = state
         candidates = ops.where(active, scores, -1.0)
-        best = ops.argmax(candidates, axis=-1)  # (B,)
+        # top_k rather than argmax (the same first index on ties): TensorFlow's
+        # argmax tests for -0.0 with a bitwise AND, which TFLite lacks.
+        best = ops.top_k(candidates, 1)[1][:, 0]  # (B,)
         best_one_hot = ops.one_hot(best, num_boxes, dtype="bool")
         has_best = ops.any(active, axis=-1)
         best_decay = ops.take_along_axis(decay, best[:, None, None], axis=1)[:, 0]  # (B, N)
