@@ -153,7 +153,7 @@ def train(args):
     import keras_centernet as kc
     from keras_centernet import training
 
-    kc.models.presets.get_preset(args.preset)  # an unknown name fails before any data loads
+    model_class = _model_class(args)  # an unknown preset fails before any data loads
     output_dir = args.output_dir or os.path.join("runs", args.preset)
     if not args.resume and os.path.exists(os.path.join(output_dir, "backup")):
         raise UsageError(
@@ -177,7 +177,7 @@ def train(args):
         extra = {}
         if args.augment_on == "accelerator":
             extra["augmentation"] = kc.layers.BatchAugmentation(args.image_size)
-        model = kc.CenterNet.from_preset(
+        model = model_class.from_preset(
             args.preset, num_classes=info.num_classes,
             focal_clamp_gradient=args.focal_clamp_gradient, **extra,
         )
@@ -205,6 +205,30 @@ def train(args):
     metrics = kc.evaluation.coco_evaluate(model, val_ds, info=val_info, verbose=min(args.verbose, 1))
     logger.info("COCO metrics: %s", _format_metrics(metrics))
     return model, history, metrics, output_dir
+
+
+def _model_class(args):
+    """The detector family of `--model` (default: the one `--preset` belongs to)."""
+    import keras_centernet as kc
+    from keras_centernet.models import centernet_triplets
+
+    triplet_presets = sorted(centernet_triplets.PRESETS)
+    model = getattr(args, "model", None)
+    if model is None:
+        model = "triplets" if args.preset in centernet_triplets.PRESETS else "centernet"
+    if model == "triplets":
+        if args.preset not in centernet_triplets.PRESETS:
+            raise UsageError(
+                f"--model triplets takes one of the presets {triplet_presets}; "
+                f"received {args.preset!r}.")
+        if getattr(args, "augment_on", "cpu") == "accelerator":
+            raise UsageError(
+                "--model triplets has no augmentation inside its step: pass --augment-on cpu.")
+        return kc.CenterNetTriplets
+    if args.preset in centernet_triplets.PRESETS:
+        raise UsageError(f"{args.preset!r} is a Keypoint-Triplets preset: pass --model triplets.")
+    kc.models.presets.get_preset(args.preset)
+    return kc.CenterNet
 
 
 def _has_tensorboard():
@@ -407,6 +431,10 @@ def run_convert(args):
 def add_training_arguments(parser, preset, epochs, eval_every):
     group = parser.add_argument_group("training")
     group.add_argument("--preset", default=preset, help=f"architecture (default {preset})")
+    group.add_argument("--model", choices=["centernet", "triplets"], default=None,
+                       help="detector family: centernet (Objects as Points) or triplets "
+                            "(Keypoint-Triplets CenterNet, presets triplets_hourglass52/104); "
+                            "default: the family of --preset")
     group.add_argument("--weights", default=None, help="initial weights (.weights.h5)")
     group.add_argument("--epochs", type=int, default=epochs)
     group.add_argument("--steps-per-epoch", type=int, default=None,
