@@ -131,8 +131,9 @@ class CenterNetPose(CenterNet):
             )
         if not 0.0 <= float(flip_probability) <= 1.0:
             raise ValueError(f"`flip_probability` must be in [0, 1]; received {flip_probability!r}.")
+        # Checked before the network is built, so that a wrong argument fails at once.
+        _check_single_scale(kwargs.get("test_scales", (1.0,)))
         super().__init__(backbone, neck=neck, num_classes=1, heads=heads, max_objects=max_objects, **kwargs)
-        _check_single_scale(self.test_scales)
 
         # === Layers ===
         for name, head in self._named_heads():
