@@ -174,11 +174,12 @@ class TestReidentification:
         targets["ids"] = np.where(targets["labels"] >= 0, np.arange(4)[None, :], -1).astype("int32")
         model = tiny_model(box_head="ltrb", num_identities=4, reid_dim=8)
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
-        history = model.fit(images, targets, batch_size=2, epochs=8, verbose=0)
+        history = model.fit(images, targets, batch_size=2, epochs=12, verbose=0)
         assert set(history.history) == {"loss", "heatmap_loss", "ltrb_loss", "reid_loss"}
         for values in history.history.values():
             assert np.all(np.isfinite(values))
         losses = history.history["loss"]
         assert max(losses[-3:]) < losses[0], losses
-        # The identity loss learns the few identities quickly.
-        assert history.history["reid_loss"][-1] < history.history["reid_loss"][0]
+        # The identity loss learns the few identities: its first two values vary with the
+        # backend (fresh BatchNorm statistics), the last is below both.
+        assert history.history["reid_loss"][-1] < min(history.history["reid_loss"][:2])
