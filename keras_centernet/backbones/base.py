@@ -10,7 +10,25 @@ class Backbone(keras.Model):
     `super().__init__(inputs=images, outputs=features, **kwargs)`, then
     `self._keep_dtype(dtype)`, and return their own arguments from
     `_own_config()`; `get_config`, `from_config` and the list-valued `call`
-    come from here.
+    come from here. Any such model can be the `backbone` of a `CenterNet`
+    (with a neck that takes its list of maps).
+
+    Example:
+
+    >>> class TinyBackbone(Backbone):
+    ...     def __init__(self, filters=8, dtype=None, **kwargs):
+    ...         images = keras.Input((None, None, 3))
+    ...         x = keras.layers.Conv2D(filters, 3, strides=4, padding="same")(images)
+    ...         super().__init__(inputs=images, outputs=[x], **kwargs)
+    ...         self._keep_dtype(dtype)
+    ...         self.filters = filters
+    ...     def _own_config(self):
+    ...         return {"filters": self.filters}
+    >>> backbone = TinyBackbone()
+    >>> [tuple(m.shape) for m in backbone(np.zeros((1, 32, 32, 3), "float32"))]
+    [(1, 8, 8, 8)]
+    >>> TinyBackbone.from_config(backbone.get_config()).filters
+    8
     """
 
     def _keep_dtype(self, dtype):

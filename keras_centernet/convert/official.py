@@ -240,6 +240,20 @@ def read_checkpoint(path):
     `.pth` files are read with torch if it is installed (`weights_only=True`:
     tensors only, no unpickled code); `.npz` files of the same names need no
     torch.
+
+    Args:
+        path: str. A `.pth` checkpoint of the official code (its
+            `state_dict`, or a dict holding one under `"state_dict"`) or an
+            `.npz` of the same names.
+
+    Returns:
+        dict: parameter name (the official module path) -> `np.ndarray`.
+
+    Example:
+
+    >>> state = read_checkpoint("ctdet_coco_dla_2x.pth")
+    >>> state["hm.2.bias"].shape
+    (80,)
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"No checkpoint at {path!r}.")

@@ -225,6 +225,13 @@ def warp_affine(image, matrix, output_size):
 
     Returns:
         float32 tensor `(height, width, 3)`.
+
+    Example:
+
+    >>> image = tf.reshape(tf.range(16.0), (4, 4, 1)) * tf.ones((1, 1, 3))
+    >>> halved = warp_affine(image, [[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]], (2, 2))
+    >>> halved[..., 0].numpy().tolist()  # each output pixel samples between 4 inputs
+    [[2.5, 4.5], [10.5, 12.5]]
     """
     output_height, output_width = output_size
     if output_height < 2 or output_width < 2:
@@ -268,6 +275,25 @@ def color_augment(image, seed, strength=0.4, lighting_std=0.1):
     Draws the three factors `1 + U(-strength, strength)`, a random order of
     brightness, contrast and saturation, and the lighting coefficients
     `N(0, lighting_std)`, then calls `apply_color_transform`.
+
+    Args:
+        image: float tensor `(H, W, 3)`, RGB 0-255.
+        seed: int tensor `(2,)`, the stateless seed (the same seed gives the
+            same jitter).
+        strength: float. The range of the three factors. Defaults to 0.4
+            (official).
+        lighting_std: float. The standard deviation of the PCA lighting
+            coefficients. Defaults to 0.1 (official).
+
+    Returns:
+        float tensor `(H, W, 3)`, not clipped (as officially).
+
+    Example:
+
+    >>> image = tf.fill((4, 4, 3), 128.0)
+    >>> same = color_augment(image, [1, 2]), color_augment(image, [1, 2])
+    >>> bool(tf.reduce_all(same[0] == same[1]))
+    True
     """
     order_seed, factor_seed, lighting_seed = tf.unstack(
         tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
@@ -359,8 +385,24 @@ def eval_transform(height, width, output_size=None, size_divisor=32):
 def eval_preprocess(image, output_size=None, size_divisor=32):
     """Applies `eval_transform` to one image.
 
+    With `output_size`, the image is letterboxed into it (the official
+    `fix_res` evaluation); without, it is zero-padded to the next multiple of
+    `size_divisor` (the official `keep_res`).
+
+    Args:
+        image: tensor `(H, W, 3)`, RGB.
+        output_size: `(height, width)` or None. Defaults to None.
+        size_divisor: int. The network's stride, used without
+            `output_size`. Defaults to 32.
+
     Returns:
         `(image float32 (out_h, out_w, 3), matrix (2, 3) original to input pixels)`.
+
+    Example:
+
+    >>> image, matrix = eval_preprocess(tf.zeros((100, 50, 3), tf.uint8), (64, 64))
+    >>> tuple(image.shape), matrix.numpy().astype("float64").round(2).tolist()
+    ((64, 64, 3), [[0.64, 0.0, 16.0], [0.0, 0.64, 0.0]])
     """
     shape = tf.shape(image)
     matrix, out_size = eval_transform(shape[0], shape[1], output_size, size_divisor)

@@ -134,6 +134,12 @@ def read_coco_annotations(annotations_json, categories=None, include_crowd=True,
 
     Returns:
         `CocoAnnotations`.
+
+    Example:
+
+    >>> annotations = read_coco_annotations("coco/annotations/instances_val2017.json")
+    >>> len(annotations.class_names), annotations.category_ids[:3]
+    (80, [1, 2, 3])
     """
     path = os.fspath(annotations_json)
     data = _load_json(path)

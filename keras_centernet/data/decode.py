@@ -90,6 +90,12 @@ def decode_image(contents, apply_orientation=True):
 
     Returns:
         uint8 tensor `(height, width, 3)`.
+
+    Example:
+
+    >>> png = tf.io.encode_png(tf.zeros((5, 7, 3), tf.uint8))
+    >>> tuple(decode_image(png).shape)
+    (5, 7, 3)
     """
     is_jpeg = tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8")
     # The accurate integer IDCT is libjpeg's default, so OpenCV's and Pillow's

@@ -99,6 +99,12 @@ class DatasetInfo:
             `categories`), or a function without arguments returning one
             (evaluated once, on first access), or None.
         source: str. Where the data comes from, for messages.
+
+    Example:
+
+    >>> info = DatasetInfo(["cat", "dog"], [17, 18])
+    >>> info.num_classes, info.label_to_category_id, info.category_id_to_label[18]
+    (2, {0: 17, 1: 18}, 1)
     """
 
     def __init__(self, class_names, category_ids, num_examples=None, ground_truth=None,

@@ -33,7 +33,19 @@ logger = logging.getLogger(__name__)
 
 
 def default_export_dir(model):
-    """`saved_models/<preset>/`: the preset's name (`model.preset`) or else the model's."""
+    """`saved_models/<preset>/`: the preset's name (`model.preset`) or else the model's.
+
+    Args:
+        model: a `CenterNet` (or any Keras model).
+
+    Returns:
+        str, the folder `export_model` writes into when given no path.
+
+    Example:
+
+    >>> default_export_dir(kc.CenterNet.from_preset("resnet18_dcn", num_classes=3))
+    'saved_models/resnet18_dcn'
+    """
     return os.path.join("saved_models", getattr(model, "preset", None) or model.name)
 
 
@@ -317,7 +329,23 @@ def _calibration_batches(representative_dataset, input_size, batch_size, num_ima
 
 
 def tflite_op_names(model):
-    """Sorted names of the operators of a TFLite model (path or flat buffer bytes)."""
+    """Sorted names of the operators of a TFLite model (path or flat buffer bytes).
+
+    What the export tests use to prove an artifact needs no Flex (TensorFlow)
+    or custom ops.
+
+    Args:
+        model: str or path of a `.tflite` file, or its bytes.
+
+    Returns:
+        sorted list of str, e.g. `["CONV_2D", "GATHER", ...]`.
+
+    Example:
+
+    >>> path = export_model(model, "saved_models/dla34.tflite", format="tflite")
+    >>> [op for op in tflite_op_names(path) if op.startswith("Flex")]
+    []
+    """
     if isinstance(model, (bytes, bytearray)):
         interpreter = tf.lite.Interpreter(model_content=bytes(model))
     else:
@@ -373,7 +401,20 @@ def _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors):
 
 
 def add_cli_arguments(parser):
-    """Adds the arguments of `centernet export` to an `argparse` parser."""
+    """Adds the arguments of `centernet export` to an `argparse` parser.
+
+    Args:
+        parser: `argparse.ArgumentParser` (the `export` sub-command's).
+
+    Returns:
+        the same parser.
+
+    Example:
+
+    >>> args = add_cli_arguments(argparse.ArgumentParser()).parse_args(["dla34", "--format", "onnx"])
+    >>> run_cli(args)
+    'saved_models/dla34/model.onnx'
+    """
     parser.add_argument("model", help="a trained model (.keras file) or a preset name (random weights)")
     parser.add_argument("--format", choices=FORMATS, default="saved_model")
     parser.add_argument("--input-size", type=int, nargs="+", default=[512, 512],
@@ -389,14 +430,31 @@ def add_cli_arguments(parser):
 
 
 def run_cli(args):
-    """Runs `centernet export` with the parsed `args`; returns the artifact's path."""
+    """Runs `centernet export` with the parsed `args`; returns the artifact's path.
+
+    Args:
+        args: `argparse.Namespace` from a parser set up by
+            `add_cli_arguments`. `args.model` is a `.keras` file or a preset
+            name (then random weights, for trying a format out).
+
+    Returns:
+        str, the path of the artifact.
+
+    Example:
+
+    >>> run_cli(add_cli_arguments(argparse.ArgumentParser()).parse_args(["runs/dla34/best.keras"]))
+    'saved_models/best'
+    """
     from keras_centernet.models import CenterNet
+    from keras_centernet.models import CenterNetTriplets
+    from keras_centernet.models.centernet_triplets import PRESETS as TRIPLET_PRESETS
 
     if os.path.exists(args.model):
         model = keras.saving.load_model(args.model)
         default_name = os.path.splitext(os.path.basename(args.model))[0]
     else:
-        model = CenterNet.from_preset(args.model, num_classes=args.num_classes)
+        family = CenterNetTriplets if args.model in TRIPLET_PRESETS else CenterNet
+        model = family.from_preset(args.model, num_classes=args.num_classes)
         default_name = args.model
     size = args.input_size
     input_size = (size[0], size[0]) if len(size) == 1 else tuple(size[:2])
