@@ -35,6 +35,10 @@ class COCOEvaluator:
     >>> evaluator.result()["AP"]
     """
 
+    # What pycocotools scores, and the names of its `stats` (subclasses change both).
+    iou_type = "bbox"
+    stat_names = STAT_NAMES
+
     def __init__(self, ground_truth, label_to_category_id=None, max_detections=100):
         for field in ("images", "annotations", "categories"):
             if field not in ground_truth:
@@ -112,14 +116,14 @@ class COCOEvaluator:
                 coco_dt.dataset = {"images": self.ground_truth["images"], "annotations": [],
                                    "categories": self.ground_truth["categories"]}
                 coco_dt.createIndex()
-            evaluation = COCOeval(coco_gt, coco_dt, "bbox")
+            evaluation = COCOeval(coco_gt, coco_dt, self.iou_type)
             evaluation.params.imgIds = evaluated
             evaluation.evaluate()
             evaluation.accumulate()
             evaluation.summarize()
         logger.debug(captured.getvalue())
         # pycocotools reports -1 where a metric has no ground truth (e.g. no small objects).
-        return {name: float(value) for name, value in zip(STAT_NAMES, evaluation.stats)}
+        return {name: float(value) for name, value in zip(self.stat_names, evaluation.stats)}
 
 
 def to_original_boxes(boxes, transform):

@@ -1,10 +1,5 @@
 """COCO keypoint evaluation (OKS AP, pycocotools) of pose models such as `CenterNetPose`."""
 
-import contextlib
-import copy
-import io
-import logging
-
 import keras
 import numpy as np
 
@@ -12,7 +7,6 @@ from keras_centernet.evaluation.coco_evaluate import _cardinality
 from keras_centernet.evaluation.coco_evaluate import _dataset_info
 from keras_centernet.evaluation.coco_evaluator import COCOEvaluator
 
-logger = logging.getLogger("keras_centernet")
 
 # The order of `COCOeval.stats` for keypoints (20 people per image, OKS thresholds).
 KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -39,6 +33,9 @@ class COCOKeypointEvaluator(COCOEvaluator):
     >>> evaluator.update(image_ids, boxes, scores, labels, keypoints)  # pixels
     >>> evaluator.result()["AP"]
     """
+
+    iou_type = "keypoints"
+    stat_names = KEYPOINT_STAT_NAMES
 
     def update(self, image_ids, boxes, scores, labels, keypoints, num_detections=None):
         """Adds a batch of people.
@@ -78,33 +75,6 @@ class COCOKeypointEvaluator(COCOEvaluator):
                         [keypoints[i, k, :, :2], np.ones((keypoints.shape[2], 1))], axis=-1
                     )
                     self.detections[-1]["keypoints"] = [float(v) for v in joints.reshape(-1)]
-
-    def result(self, image_ids=None):
-        """COCO keypoint metrics over the images seen (or `image_ids`): dict name -> float."""
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
-        evaluated = sorted(self.seen_images if image_ids is None else image_ids)
-        if not evaluated:
-            raise ValueError("No detections were added: nothing to evaluate.")
-        with contextlib.redirect_stdout(io.StringIO()) as captured:
-            coco_gt = COCO()
-            coco_gt.dataset = copy.deepcopy(self.ground_truth)
-            coco_gt.createIndex()
-            if self.detections:
-                coco_dt = coco_gt.loadRes(copy.deepcopy(self.detections))
-            else:
-                coco_dt = COCO()
-                coco_dt.dataset = {"images": self.ground_truth["images"], "annotations": [],
-                                   "categories": self.ground_truth["categories"]}
-                coco_dt.createIndex()
-            evaluation = COCOeval(coco_gt, coco_dt, "keypoints")
-            evaluation.params.imgIds = evaluated
-            evaluation.evaluate()
-            evaluation.accumulate()
-            evaluation.summarize()
-        logger.debug(captured.getvalue())
-        return {name: float(value) for name, value in zip(KEYPOINT_STAT_NAMES, evaluation.stats)}
 
 
 def coco_keypoint_evaluate(model, dataset, info=None, max_detections=100, steps=None, verbose=1):
