@@ -4,6 +4,7 @@ from keras_centernet.layers.batch_augmentation import BatchAugmentation
 from keras_centernet.layers.corner_pooling import CascadeCornerPooling, CenterPooling, CornerPooling
 from keras_centernet.layers.decoder import CenterNetDecoder
 from keras_centernet.layers.decoder import decode_detections
+from keras_centernet.layers.decoder import decode_ltrb_detections
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
 from keras_centernet.layers.pose_decoder import CenterNetPoseDecoder
 from keras_centernet.layers.pose_decoder import decode_poses
@@ -27,6 +28,7 @@ __all__ = [
     "PredictionHead",
     "SoftNMS",
     "decode_detections",
+    "decode_ltrb_detections",
     "decode_poses",
     "decode_triplets",
     "soft_nms",
