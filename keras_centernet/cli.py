@@ -492,9 +492,10 @@ def build_parser():
         "demo", help="the main job: train on the built-in synthetic set, evaluate, draw")
     add_data_arguments(demo, training=True)
     add_training_arguments(demo, preset="resnet18_small", epochs=80, eval_every=0)
-    # About ten CPU minutes from scratch (benchmarks/results/demo_settings.md): the small
-    # preset at 128 px, the easy synthetic set (class colours, larger and fewer
-    # shapes), 1280 steps of a warmed-up cosine schedule at 1e-3 (2e-3 and 4e-3
+    # 1280 steps from scratch (1.24 s a step measured on a 2-core host: about 27
+    # minutes there; benchmarks/results/demo_settings.md): the small preset at
+    # 128 px, the easy synthetic set (class colours, larger and fewer shapes),
+    # a warmed-up cosine schedule at 1e-3 (2e-3 and 4e-3
     # learn 2-3x slower, 5e-4 and 3e-4 too), the official augmentation batched
     # inside the step (the two cores train instead of augmenting; without the
     # random crop 512 images over-fit within 900 steps), and the straight-through
