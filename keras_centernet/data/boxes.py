@@ -117,5 +117,3 @@ def convert_boxes_format(boxes, labels, bounding_box_format, height, width):
         width=tf.cast(width, tf.float32),
     )
     return tf.where((labels >= 0)[:, None], tf.cast(converted, tf.float32), 0.0)
-
-
