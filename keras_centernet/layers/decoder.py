@@ -40,10 +40,7 @@ def decode_detections(
         Zhou et al., "Objects as Points", 2019, section 4; the official
         `ctdet_decode` in `src/lib/models/decode.py`.
     """
-    scores, labels, indices = _peaks(heatmap, max_detections, heatmap_is_probability)
-    width = heatmap.shape[2] if heatmap.shape[2] is not None else ops.shape(heatmap)[2]
-    ys = ops.cast(indices // width, "float32")
-    xs = ops.cast(indices % width, "float32")
+    scores, labels, indices, xs, ys = _peaks(heatmap, max_detections, heatmap_is_probability)
     offsets = ops.cast(gather_at_indices(offset, indices), "float32")
     sizes = ops.cast(gather_at_indices(size, indices), "float32")
     center_x = xs + offsets[..., 0]
@@ -86,16 +83,17 @@ def decode_ltrb_detections(heatmap, ltrb, max_detections=100, stride=4, heatmap_
         Liu et al., "Training-Time-Friendly Network for Real-Time Object
         Detection", AAAI 2020, section 3.4.
     """
-    scores, labels, indices = _peaks(heatmap, max_detections, heatmap_is_probability)
-    width = heatmap.shape[2] if heatmap.shape[2] is not None else ops.shape(heatmap)[2]
-    ys = ops.cast(indices // width, "float32")
-    xs = ops.cast(indices % width, "float32")
+    scores, labels, indices, xs, ys = _peaks(heatmap, max_detections, heatmap_is_probability)
     boxes = ltrb_to_boxes(gather_at_indices(ltrb, indices), xs, ys)
     return {"boxes": boxes * stride, "scores": scores, "labels": labels}
 
 
 def _peaks(heatmap, max_detections, heatmap_is_probability):
-    """The official peak extraction and two-stage top-K: `(scores, labels, flat indices)`, `(B, K)` each."""
+    """The official peak extraction and two-stage top-K.
+
+    Returns `(scores, labels, flat indices, xs, ys)`, `(B, K)` each: the
+    peak's pixel column and row as float32.
+    """
     heatmap = ops.cast(heatmap, "float32")
     heat = heatmap if heatmap_is_probability else ops.sigmoid(heatmap)
     peaks = ops.max_pool(heat, pool_size=3, strides=1, padding="same")
@@ -117,7 +115,9 @@ def _peaks(heatmap, max_detections, heatmap_is_probability):
                                   if isinstance(classes, int) else max_detections)
     labels = ops.cast(candidate // per_class_k, "int32")
     indices = ops.take_along_axis(class_indices, candidate, axis=1)
-    return scores, labels, indices
+    xs = ops.cast(indices % width, "float32")
+    ys = ops.cast(indices // width, "float32")
+    return scores, labels, indices, xs, ys
 
 
 def apply_score_threshold(detections, score_threshold):

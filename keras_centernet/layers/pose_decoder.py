@@ -88,9 +88,7 @@ def decode_poses(
     k = min(max_detections, height * width)
 
     # Person peaks as `decode_detections` (the official `_nms` and `_topk`).
-    scores, labels, indices = _peaks(heatmap, max_detections, heatmap_is_probability)
-    xs = ops.cast(indices % width, "float32")
-    ys = ops.cast(indices // width, "float32")
+    scores, labels, indices, xs, ys = _peaks(heatmap, max_detections, heatmap_is_probability)
 
     joints = ops.cast(gather_at_indices(keypoints, indices), "float32")
     joints = ops.reshape(joints, (batch, -1, num_joints, 2))
