@@ -61,6 +61,25 @@ def coco_evaluate(model, dataset, info=None, max_detections=100, steps=None, ver
         label_to_category_id=info.label_to_category_id,
         max_detections=max_detections,
     )
+    for targets, detections in predicted_batches(model, dataset, steps, verbose):
+        boxes = to_original_boxes(detections["boxes"], np.asarray(targets["transform"]))
+        evaluator.update(
+            np.asarray(targets["image_id"]),
+            boxes,
+            detections["scores"],
+            detections["labels"],
+            detections.get("num_detections"),
+        )
+    return evaluator.result()
+
+
+def predicted_batches(model, dataset, steps=None, verbose=1):
+    """Yields `(targets, predictions as NumPy)` per evaluation batch, with a progress bar.
+
+    What every COCO evaluation loop shares: it checks that the batches carry
+    `image_id` and `transform` (a reader with `training=False`) and stops
+    after `steps` batches when given.
+    """
     total = steps if steps is not None else _cardinality(dataset)
     progress = keras.utils.Progbar(total, unit_name="batch") if verbose else None
     for step, batch in enumerate(dataset):
@@ -73,19 +92,10 @@ def coco_evaluate(model, dataset, info=None, max_detections=100, steps=None, ver
                     f"Evaluation batches need `targets[{key!r}]`; this dataset has "
                     f"{sorted(targets)}. Use a reader with `training=False`."
                 )
-        detections = model.predict_on_batch(images)
-        detections = {k: keras.ops.convert_to_numpy(v) for k, v in detections.items()}
-        boxes = to_original_boxes(detections["boxes"], np.asarray(targets["transform"]))
-        evaluator.update(
-            np.asarray(targets["image_id"]),
-            boxes,
-            detections["scores"],
-            detections["labels"],
-            detections.get("num_detections"),
-        )
+        predictions = model.predict_on_batch(images)
+        yield targets, {k: keras.ops.convert_to_numpy(v) for k, v in predictions.items()}
         if progress is not None:
             progress.update(step + 1)
-    return evaluator.result()
 
 
 def _cardinality(dataset):

@@ -1,11 +1,11 @@
 """COCO keypoint evaluation (OKS AP, pycocotools) of pose models such as `CenterNetPose`."""
 
-import keras
 import numpy as np
 
-from keras_centernet.evaluation.coco_evaluate import _cardinality
 from keras_centernet.evaluation.coco_evaluate import _dataset_info
+from keras_centernet.evaluation.coco_evaluate import predicted_batches
 from keras_centernet.evaluation.coco_evaluator import COCOEvaluator
+from keras_centernet.evaluation.coco_evaluator import to_original_boxes
 
 
 # The order of `COCOeval.stats` for keypoints (20 people per image, OKS thresholds).
@@ -109,29 +109,13 @@ def coco_keypoint_evaluate(model, dataset, info=None, max_detections=100, steps=
     >>> metrics = kc.evaluation.coco_keypoint_evaluate(model, ds)
     >>> metrics["AP"]
     """
-    # TensorFlow-only module (data/): imported when evaluating, not with the package.
-    from keras_centernet.data.boxes import to_original_boxes
-
     info = _dataset_info(dataset, info)
     evaluator = COCOKeypointEvaluator(
         info.ground_truth,
         label_to_category_id=info.label_to_category_id,
         max_detections=max_detections,
     )
-    total = steps if steps is not None else _cardinality(dataset)
-    progress = keras.utils.Progbar(total, unit_name="batch") if verbose else None
-    for step, batch in enumerate(dataset):
-        if steps is not None and step >= steps:
-            break
-        images, targets = batch[0], batch[1]
-        for key in ("image_id", "transform"):
-            if key not in targets:
-                raise ValueError(
-                    f"Evaluation batches need `targets[{key!r}]`; this dataset has "
-                    f"{sorted(targets)}. Use a reader with `training=False`."
-                )
-        people = model.predict_on_batch(images)
-        people = {k: keras.ops.convert_to_numpy(v) for k, v in people.items()}
+    for targets, people in predicted_batches(model, dataset, steps, verbose):
         if "keypoints" not in people:
             raise ValueError(
                 f"The model's predictions have no `keypoints` (keys {sorted(people)}): "
@@ -152,6 +136,4 @@ def coco_keypoint_evaluate(model, dataset, info=None, max_detections=100, steps=
             joints,
             people.get("num_detections"),
         )
-        if progress is not None:
-            progress.update(step + 1)
     return evaluator.result()
