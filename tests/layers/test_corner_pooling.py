@@ -83,9 +83,8 @@ def test_center_pool_matches_brute_force(rng):
     np.testing.assert_allclose(to_numpy(center_pool(x, y)), expected, rtol=1e-6)
 
 
+# Not multi_backend: like the export tests, these run in the suite's TensorFlow pass.
 def test_dynamic_size_in_a_tensorflow_graph(rng):
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("Unknown sizes at run time exist in TensorFlow graphs only.")
     import tensorflow as tf
 
     pool = tf.function(
@@ -98,8 +97,6 @@ def test_dynamic_size_in_a_tensorflow_graph(rng):
 
 
 def test_corner_pool_converts_to_builtin_tflite(rng):
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("TFLite conversion runs under TensorFlow.")
     import tensorflow as tf
 
     pool = tf.function(
