@@ -12,14 +12,19 @@ at four points of its run. Two steps:
     KERAS_BACKEND=jax python benchmarks/demo_settings.py run .sweep/demo.npz \\
         --cases base:2e-3:56:aug lr1:1e-3:56:aug --output $OUT/demo_settings.md
 
-A case is `name:learning_rate:epochs:augmentation[:clamp]` with
+A case is `name:learning_rate:epochs:augmentation[:clamp[:options]]` with
 augmentation `aug` (the official random crop, flip and colour, batched in
-the step: what the demo does), `flip` (flip and colour only) or `none`, and
-clamp `straight_through` (the demo's, default) or `official`. Every case
-uses the demo's preset, 128 px input, batch 32, 512 training images (16
-steps an epoch), a cosine schedule with 3 warm-up epochs and Adam. The
-figures are COCO AP and AP50 of pycocotools on the demo's 128 held-out
-images, as `centernet demo` reports them.
+the step: what the demo does), `flip` (flip and colour only) or `none`,
+clamp `straight_through` (the demo's, default) or `official`, and options a
+comma-separated list that changes the model or batch from the demo's:
+`width=16` (ResNet-18 planes of the first stage), `neck=64-32-32` (the
+up-convolution channels), `kernels=2-2-2` (their kernel sizes), `head=32`
+(head channels), `batch=16`, `images=1024` (the first N training images). Otherwise every case uses the demo's preset,
+128 px input, batch 32, 512 training images, a cosine schedule with 3
+warm-up epochs and Adam. The figures are COCO AP and AP50 of pycocotools on
+the demo's 128 held-out images, as `centernet demo` reports them. Each case
+prints its curve as it goes, so a case cut off by the time limit still
+reports the points it reached.
 """
 
 import argparse
@@ -34,6 +39,52 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 BATCH = 32
+
+
+def parse_case(spec):
+    """`name:rate:epochs:augmentation[:clamp[:options]]` -> a dict of the case's settings."""
+    name, rate, epochs, augmentation, *rest = spec.split(":")
+    case = {"name": name, "rate": float(rate), "epochs": int(epochs),
+            "augmentation": augmentation,
+            "clamp": rest[0] if rest and rest[0] else "straight_through",
+            "options": {}}
+    for item in (rest[1].split(",") if len(rest) > 1 and rest[1] else []):
+        key, _, value = item.partition("=")
+        if key not in ("width", "neck", "kernels", "head", "batch", "images"):
+            raise SystemExit(f"unknown option {key!r} in {spec}")
+        case["options"][key] = value
+    case["batch"] = int(case["options"].get("batch", BATCH))
+    return case
+
+
+def build_model(case, data):
+    """The demo's model, or the variant that the case's options describe."""
+    import keras_centernet as kc
+
+    options = case["options"]
+    extra = {}
+    size = int(data["image_size"])
+    if case["augmentation"] == "aug":
+        extra["augmentation"] = kc.layers.BatchAugmentation(size)
+    elif case["augmentation"] == "flip":
+        extra["augmentation"] = kc.layers.BatchAugmentation(
+            size, random_crop=False, scale=0.0, shift=0.0)
+    elif case["augmentation"] != "none":
+        raise SystemExit(f"unknown augmentation {case['augmentation']!r}")
+    preset = str(data["preset"])
+    if not set(options) - {"batch", "images"}:
+        return kc.CenterNet.from_preset(
+            preset, num_classes=int(data["num_classes"]),
+            focal_clamp_gradient=case["clamp"], **extra)
+    if preset != "resnet18_small":
+        raise SystemExit(f"model options need the resnet18_small preset, not {preset!r}")
+    channels = tuple(int(c) for c in options.get("neck", "128-64-64").split("-"))
+    kernels = tuple(int(k) for k in options.get("kernels", "4-4-4").split("-"))
+    return kc.CenterNet(
+        backbone=kc.backbones.ResNetBackbone(depth=18, width=int(options.get("width", 32))),
+        neck=kc.necks.UpConvNeck(filters=channels, kernel_sizes=kernels),
+        num_classes=int(data["num_classes"]), head_channels=int(options.get("head", 64)),
+        focal_clamp_gradient=case["clamp"], **extra)
 
 
 def dump(path, extra_args):
@@ -64,9 +115,13 @@ def dump(path, extra_args):
 
     train = stack(train_ds, ("boxes", "labels"))
     val = stack(val_ds, ("image_id", "transform"))
+    canvases = train["images"]
+    if (canvases[..., 3] == 255).all():
+        canvases = canvases[..., :3]  # the images fill their canvases: no alpha to keep
     np.savez_compressed(
-        path, train_images=train["images"], train_boxes=train["boxes"],
-        train_labels=train["labels"], val_images=val["images"], val_image_id=val["image_id"],
+        path, train_images=canvases, train_boxes=train["boxes"],
+        train_labels=train["labels"], val_images=val["images"].astype("uint8"),
+        val_image_id=val["image_id"],
         val_transform=val["transform"], num_classes=info.num_classes, preset=args.preset,
         image_size=args.image_size,
         ground_truth=json.dumps(val_info.ground_truth),
@@ -78,39 +133,31 @@ def dump(path, extra_args):
 
 
 def run_case(spec, data_path):
-    """Trains one case; prints one JSON line with its curve."""
+    """Trains one case; prints its curve as a JSON line after every evaluation."""
     import keras
 
-    import keras_centernet as kc
     from keras_centernet import training
 
-    name, rate, epochs, augmentation, *rest = spec.split(":")
-    clamp = rest[0] if rest else "straight_through"
-    rate, epochs = float(rate), int(epochs)
+    case = parse_case(spec)
     data = np.load(data_path)
-    images, boxes, labels = data["train_images"], data["train_boxes"], data["train_labels"]
+    count = int(case["options"].get("images", len(data["train_labels"])))
+    images, boxes, labels = (data[key][:count]
+                             for key in ("train_images", "train_boxes", "train_labels"))
+    if images.shape[-1] == 3:  # dumped without the alpha of canvases that the images fill
+        images = np.concatenate([images, np.full_like(images[..., :1], 255)], axis=-1)
     used = ~(labels == -1).all(axis=0)
     boxes, labels = boxes[:, used], labels[:, used]
-    size = int(data["image_size"])
-    steps = len(images) // BATCH
-    extra = {}
-    if augmentation == "aug":
-        extra["augmentation"] = kc.layers.BatchAugmentation(size)
-    elif augmentation == "flip":
-        extra["augmentation"] = kc.layers.BatchAugmentation(
-            size, random_crop=False, scale=0.0, shift=0.0)
-    elif augmentation == "none":
+    if case["augmentation"] == "none":
         images = images[..., :3].astype("float32")  # the canvases hold whole images
-    else:
-        raise SystemExit(f"unknown augmentation {augmentation!r} in {spec}")
-    model = kc.CenterNet.from_preset(
-        str(data["preset"]), num_classes=int(data["num_classes"]), focal_clamp_gradient=clamp,
-        **extra)
-    schedule = training.learning_rate_schedule(rate, steps, epochs, schedule="cosine",
+    model = build_model(case, data)
+    batch, epochs = case["batch"], case["epochs"]
+    steps = len(images) // batch
+    schedule = training.learning_rate_schedule(case["rate"], steps, epochs, schedule="cosine",
                                                warmup_epochs=3.0)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
     marks = sorted({max(1, epochs * k // 4) for k in (1, 2, 3, 4)})
     curve = []
+    start = time.perf_counter()
 
     class Evaluate(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -118,13 +165,13 @@ def run_case(spec, data_path):
                 return
             metrics = evaluate(self.model.predict_on_batch, data)
             curve.append({"step": (epoch + 1) * steps, "AP": round(metrics["AP"], 3),
-                          "AP50": round(metrics["AP50"], 3), "loss": round(float(logs["loss"]), 3)})
-            print(name, curve[-1], file=sys.stderr, flush=True)
+                          "AP50": round(metrics["AP50"], 3), "loss": round(float(logs["loss"]), 3),
+                          **{k: round(metrics[k], 3) for k in ("APs", "APm", "APl")}})
+            print(json.dumps({"case": spec, "curve": curve, "params": model.count_params(),
+                              "seconds": round(time.perf_counter() - start)}), flush=True)
 
-    start = time.perf_counter()
-    model.fit(images, {"boxes": boxes, "labels": labels}, batch_size=BATCH, epochs=epochs,
+    model.fit(images, {"boxes": boxes, "labels": labels}, batch_size=batch, epochs=epochs,
               shuffle=True, verbose=0, callbacks=[Evaluate()])
-    print(json.dumps({"case": spec, "curve": curve, "seconds": round(time.perf_counter() - start)}))
 
 
 def evaluate(predict, data):
@@ -136,7 +183,8 @@ def evaluate(predict, data):
                               label_to_category_id=json.loads(str(data["label_to_category_id"])))
     for start in range(0, len(data["val_images"]), 64):
         batch = slice(start, start + 64)
-        detections = {k: np.asarray(v) for k, v in predict(data["val_images"][batch]).items()}
+        detections = {k: np.asarray(v) for k, v in predict(
+            data["val_images"][batch].astype("float32")).items()}
         evaluator.update(
             data["val_image_id"][batch],
             to_original_boxes(detections["boxes"], data["val_transform"][batch]),
@@ -146,41 +194,54 @@ def evaluate(predict, data):
 
 def run(data_path, cases, output, timeout):
     """Runs every case as its own process on the one GPU; writes the table."""
-    env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=str(min(0.9 / len(cases), 0.3)))
+    env = dict(os.environ)
+    # Each case's share of the GPU, unless set (several `run`s at once on one GPU).
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(min(0.9 / len(cases), 0.3)))
     processes = [
         subprocess.Popen([sys.executable, __file__, "case", data_path, spec], env=env,
                          stdout=subprocess.PIPE, text=True)
         for spec in cases
     ]
+    deadline = time.monotonic() + timeout
+    num_images = len(np.load(data_path)["train_labels"])
     results = []
     for spec, process in zip(cases, processes):
         try:
-            out, _ = process.communicate(timeout=timeout)
+            out, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
-            out = ""
+            out, _ = process.communicate()
         lines = [line for line in out.splitlines() if line.startswith("{")]
-        results.append(json.loads(lines[-1]) if lines else {"case": spec, "curve": [], "seconds": None})
+        results.append(json.loads(lines[-1]) if lines else {"case": spec, "curve": []})
     import jax
     import keras
 
-    rows = ["| case | learning rate | epochs (steps) | augmentation | focal clamp | "
-            "AP50 at 1/4, 1/2, 3/4, end of run | AP at the end | loss at the end |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| case | training images | learning rate | epochs | batch (steps) | augmentation | focal clamp | "
+            "model | parameters | AP50 at 1/4, 1/2, 3/4, end of run | AP at the last point | "
+            "APs, APm, APl there | loss there | GPU seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
-        name, rate, epochs, augmentation, *rest = result["case"].split(":")
+        case = parse_case(result["case"])
         curve = result["curve"]
+        model = ", ".join(f"{k} {v}" for k, v in case["options"].items()
+                          if k not in ("batch", "images"))
+        images = int(case["options"].get("images", num_images))
+        steps = case["epochs"] * (images // case["batch"])
         rows.append(
-            f"| {name} | {rate} | {epochs} ({int(epochs) * 16}) | {augmentation} | "
-            f"{rest[0] if rest else 'straight_through'} | "
+            f"| {case['name']} | {images} | {case['rate']:g} | {case['epochs']} | {case['batch']} ({steps}) | "
+            f"{case['augmentation']} | {case['clamp']} | {model or 'resnet18_small'} | "
+            f"{result.get('params', '')} | "
             + (", ".join(f"{p['AP50']:.3f} @{p['step']}" for p in curve) or "failed") + " | "
-            + (f"{curve[-1]['AP']:.3f} | {curve[-1]['loss']:.3f} |" if curve else " | |"))
+            + (f"{curve[-1]['AP']:.3f} | " + ", ".join(
+                f"{curve[-1].get(k, float('nan')):.3f}" for k in ("APs", "APm", "APl"))
+               + f" | {curve[-1]['loss']:.3f} | " if curve else " | | | ")
+            + f"{result.get('seconds', '')} |")
     text = "\n".join([
         "# Demo settings (`benchmarks/demo_settings.py`)",
         "",
         f"Device: {jax.devices()[0].device_kind}, JAX {jax.__version__}, Keras {keras.__version__}; "
         "all cases at once on the GPU. The demo's preset, images and 128 held-out images, "
-        "batch 32, cosine schedule with 3 warm-up epochs; pycocotools COCO AP/AP50. "
+        "cosine schedule with 3 warm-up epochs; pycocotools COCO AP/AP50. "
         "A single run per case: repeats of one setting differ by about +-0.05 AP50.",
         "",
         *rows,
@@ -205,7 +266,8 @@ def main():
     run_parser.add_argument("--output", default=os.path.join(
         os.path.dirname(__file__), "results", "demo_settings.md"))
     run_parser.add_argument("--timeout", type=float, default=480.0,
-                            help="seconds a case may take")
+                            help="seconds all the cases may take; a case still running then "
+                                 "reports the points it reached")
     case_parser = commands.add_parser("case", help=argparse.SUPPRESS)
     case_parser.add_argument("path")
     case_parser.add_argument("spec")

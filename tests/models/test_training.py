@@ -64,17 +64,19 @@ def matched_objects(detections, targets, score_threshold=0.3, min_iou=0.7):
 
 
 def test_resnet18_learns_a_scene_set():
-    """The issue's proof of learning: near-perfect detections after a few hundred steps on CPU."""
+    """The issue's proof of learning: near-perfect detections after 600 steps on CPU."""
     keras.utils.set_random_seed(0)
     images, targets = scene_batch()
     # From scratch at lr 1e-3 the official clamp stops the gradient of a
     # rare-class centre within 10 steps (its logit falls below -9.2) and that
     # object is never learned: the straight-through clamp keeps the official
     # loss values and lets it recover (see `focal_loss`).
+    # The demo's half-width ResNet-18: a tenth of `resnet18`'s CPU time per
+    # image (the suite's slowest test was this one at 470 s with `resnet18`).
     model = kc.CenterNet.from_preset(
-        "resnet18", num_classes=2, max_objects=8, focal_clamp_gradient="straight_through"
+        "resnet18_small", num_classes=2, max_objects=8, focal_clamp_gradient="straight_through"
     )
-    steps = 400
+    steps = 600
     schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
     history = model.fit(images, targets, batch_size=4, epochs=steps, verbose=0)
@@ -84,8 +86,9 @@ def test_resnet18_learns_a_scene_set():
         assert np.isfinite(history.history[name][-1])
     detections = {k: to_numpy(v) for k, v in model.predict(images, verbose=0).items()}
     found, total = matched_objects(detections, targets)
-    # Near-perfect after 400 steps from scratch: all objects but at most one
-    # (measured: 6 or 7 of 7; the slowest is a size regressed with weight 0.1).
+    # Near-perfect after 600 steps from scratch: all objects but at most one
+    # (measured for seeds 0 and 1: 7 and 6 of 7; after 400 steps seed 1 found
+    # only 5; the slowest is a size regressed with weight 0.1).
     assert total == 7 and found >= total - 1, (found, total)
     # Detections beyond the objects score low: the model does not see shapes in the noise.
     strong = int(np.sum(detections["scores"] >= 0.3))
