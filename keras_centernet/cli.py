@@ -491,17 +491,19 @@ def build_parser():
     demo = commands.add_parser(
         "demo", help="the main job: train on the built-in synthetic set, evaluate, draw")
     add_data_arguments(demo, training=True)
-    add_training_arguments(demo, preset="resnet18_small", epochs=80, eval_every=0)
-    # 1280 steps from scratch (1.24 s a step measured on a 2-core host: about 27
-    # minutes there; benchmarks/results/demo_settings.md): the small preset at
-    # 128 px, the easy synthetic set (class colours, larger and fewer shapes),
-    # a warmed-up cosine schedule at 1e-3 (2e-3 and 4e-3
-    # learn 2-3x slower, 5e-4 and 3e-4 too), the official augmentation batched
-    # inside the step (the two cores train instead of augmenting; without the
-    # random crop 512 images over-fit within 900 steps), and the straight-through
-    # focal clamp (from scratch the official clamp leaves some centres without
-    # gradient: AP50 0.21 against 0.49 after 900 steps).
-    demo.set_defaults(func=run_demo, image_size=128, batch_size=32, num_images=512,
+    add_training_arguments(demo, preset="resnet18_small", epochs=40, eval_every=0)
+    # 1280 steps of batch 16 from scratch: 629 s end to end on a 2-core host, AP50
+    # 0.49 (benchmarks/results/demo_cpu.md and demo_settings.md). Batch 16 is the
+    # most CPU-efficient setting measured: half the CPU time of a batch-32 step,
+    # and 1280 of its steps reach 0.51 where 640 of batch 32 reach 0.30-0.38.
+    # The small preset at 128 px (smaller models and inputs learn slower per CPU
+    # second), the easy synthetic set (class colours, larger and fewer shapes), a
+    # warmed-up cosine schedule at 1e-3 (2e-3, 4e-3, 5e-4 and 3e-4 learn slower),
+    # the official augmentation batched inside the step (the two cores train
+    # instead of augmenting; without the random crop 512 images over-fit within
+    # 900 steps), and the straight-through focal clamp (from scratch the official
+    # clamp leaves some centres without gradient: AP50 0.21 against 0.49).
+    demo.set_defaults(func=run_demo, image_size=128, batch_size=16, num_images=512,
                       num_val_images=128, schedule="cosine", learning_rate=1e-3,
                       warmup_epochs=3.0, augment_on="accelerator", class_colors=True,
                       object_size="48,360", objects_per_image="1,6",
