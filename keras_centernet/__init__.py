@@ -12,6 +12,7 @@ from keras_centernet import necks
 from keras_centernet import ops
 from keras_centernet import targets
 from keras_centernet.models import CenterNet
+from keras_centernet.models import CenterNet3D
 from keras_centernet.models import CenterNetPose
 from keras_centernet.models import CenterNetTriplets
 from keras_centernet.version import __version__
@@ -29,6 +30,7 @@ def __getattr__(name):
 
 __all__ = [
     "CenterNet",
+    "CenterNet3D",
     "CenterNetPose",
     "CenterNetTriplets",
     "__version__",

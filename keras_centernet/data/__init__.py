@@ -82,6 +82,8 @@ from keras_centernet.data.boxes import to_original_boxes
 from keras_centernet.data.coco_json_reader import coco_json
 from keras_centernet.data.coco_json_reader import read_coco_annotations
 from keras_centernet.data.decode import decode_image
+from keras_centernet.data.kitti import kitti
+from keras_centernet.data.kitti import write_kitti_results
 from keras_centernet.data.pipeline import DatasetInfo
 from keras_centernet.data.synthetic_pose import synthetic_pose
 from keras_centernet.data.synthetic_shapes import SHAPE_NAMES
@@ -96,10 +98,12 @@ __all__ = [
     "color_augment",
     "decode_image",
     "eval_preprocess",
+    "kitti",
     "read_coco_annotations",
     "synthetic",
     "synthetic_pose",
     "tfds_dataset",
     "to_original_boxes",
     "warp_affine",
+    "write_kitti_results",
 ]

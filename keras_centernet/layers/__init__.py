@@ -2,6 +2,8 @@
 
 from keras_centernet.layers.batch_augmentation import BatchAugmentation
 from keras_centernet.layers.corner_pooling import CascadeCornerPooling, CenterPooling, CornerPooling
+from keras_centernet.layers.ddd_decoder import CenterNet3DDecoder
+from keras_centernet.layers.ddd_decoder import decode_3d_detections
 from keras_centernet.layers.decoder import CenterNetDecoder
 from keras_centernet.layers.decoder import decode_detections
 from keras_centernet.layers.decoder import decode_ltrb_detections
@@ -20,6 +22,7 @@ __all__ = [
     "CascadeCornerPooling",
     "CenterPooling",
     "CornerPooling",
+    "CenterNet3DDecoder",
     "CenterNetDecoder",
     "CenterNetPoseDecoder",
     "DeformableConv2D",
@@ -27,6 +30,7 @@ __all__ = [
     "ImageNormalization",
     "PredictionHead",
     "SoftNMS",
+    "decode_3d_detections",
     "decode_detections",
     "decode_ltrb_detections",
     "decode_poses",
