@@ -10,7 +10,9 @@ from keras_centernet.layers.prediction_head import PredictionHead
 from keras_centernet.layers.preprocessing import ImageNormalization
 from keras_centernet.layers.soft_nms import soft_nms
 from keras_centernet.losses.focal import CLAMP_GRADIENTS
+from keras_centernet.losses.focal import HEATMAP_LOSSES
 from keras_centernet.losses.focal import focal_loss
+from keras_centernet.losses.focal import quality_focal_loss
 from keras_centernet.losses.iou import IOU_LOSSES
 from keras_centernet.losses.iou import ltrb_center_loss
 from keras_centernet.losses.iou import ltrb_gaussian_loss
@@ -90,6 +92,12 @@ class CenterNet(keras.Model):
             The official training augmentation run on the accelerator, in
             training only (for datasets made with `augment_on="accelerator"`,
             whose boxes are on the canvas). Defaults to `None`.
+        heatmap_loss: `"focal"` or `"quality_focal"`. `"focal"`: the
+            paper's penalty-reduced focal loss (`losses.focal_loss`, with
+            `focal_clamp_gradient`). `"quality_focal"`: the quality focal
+            loss of Generalized Focal Loss with the Gaussian target as the
+            soft label (`losses.quality_focal_loss`); not in the paper.
+            Defaults to `"focal"`.
         box_head: `"size"` or `"ltrb"`. `"size"`: the paper's `size` and
             `offset` heads, L1 losses at the centres. `"ltrb"`: one `ltrb`
             head of non-negative distances from the centre pixel to the
@@ -161,6 +169,7 @@ class CenterNet(keras.Model):
         flip_test=False,
         test_scales=(1.0,),
         focal_clamp_gradient="official",
+        heatmap_loss="focal",
         augmentation=None,
         box_head="size",
         iou_loss="giou",
@@ -211,6 +220,10 @@ class CenterNet(keras.Model):
                 f"`focal_clamp_gradient` must be one of {CLAMP_GRADIENTS}; "
                 f"received {focal_clamp_gradient!r}."
             )
+        if heatmap_loss not in HEATMAP_LOSSES:
+            raise ValueError(
+                f"`heatmap_loss` must be one of {HEATMAP_LOSSES}; received {heatmap_loss!r}."
+            )
 
         # === Layers ===
         self.preprocessor = ImageNormalization(
@@ -258,6 +271,7 @@ class CenterNet(keras.Model):
         self.flip_test = bool(flip_test)
         self.test_scales = test_scales
         self.focal_clamp_gradient = focal_clamp_gradient
+        self.heatmap_loss = heatmap_loss
         # A layer (its seed generator is model state); see `call`.
         self.augmentation = augmentation
         self.box_head = box_head
@@ -338,6 +352,12 @@ class CenterNet(keras.Model):
 
     # === Training ===
 
+    def heatmap_loss_fn(self, heatmap_true, heatmap_logits):
+        """The loss of one heatmap (centres, or keypoints in subclasses), as `heatmap_loss` says."""
+        if self.heatmap_loss == "quality_focal":
+            return quality_focal_loss(heatmap_true, heatmap_logits)
+        return focal_loss(heatmap_true, heatmap_logits, clamp_gradient=self.focal_clamp_gradient)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The paper's loss; targets are rendered here from `y`'s boxes and labels."""
         if sample_weight is not None:
@@ -370,9 +390,7 @@ class CenterNet(keras.Model):
         if self.num_identities is not None:
             parts["reid"] = 0.0
         for outputs in stacks:
-            parts["heatmap"] += focal_loss(
-                targets["heatmap"], outputs["heatmap"], clamp_gradient=self.focal_clamp_gradient
-            )
+            parts["heatmap"] += self.heatmap_loss_fn(targets["heatmap"], outputs["heatmap"])
             if self.box_head == "size":
                 parts["size"] += reg_l1_loss(
                     outputs["size"], targets["indices"], targets["mask"], targets["size"]
@@ -603,6 +621,7 @@ class CenterNet(keras.Model):
                 "flip_test": self.flip_test,
                 "test_scales": list(self.test_scales),
                 "focal_clamp_gradient": self.focal_clamp_gradient,
+                "heatmap_loss": self.heatmap_loss,
                 "augmentation": None if self.augmentation is None
                 else keras.saving.serialize_keras_object(self.augmentation),
                 "box_head": self.box_head,

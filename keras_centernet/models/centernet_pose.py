@@ -8,7 +8,6 @@ from keras_centernet.layers.pose_decoder import JOINT_THRESHOLD
 from keras_centernet.layers.pose_decoder import apply_pose_score_threshold
 from keras_centernet.layers.pose_decoder import decode_poses
 from keras_centernet.layers.prediction_head import HEATMAP_PRIOR_BIAS
-from keras_centernet.losses.focal import focal_loss
 from keras_centernet.losses.keypoints import reg_weighted_l1_loss
 from keras_centernet.losses.regression import reg_l1_loss
 from keras_centernet.models.centernet import CenterNet
@@ -197,9 +196,8 @@ class CenterNetPose(CenterNet):
         parts = dict.fromkeys(
             ("heatmap", "size", "offset", "keypoint", "keypoint_heatmap", "keypoint_offset"), 0.0
         )
-        clamp = self.focal_clamp_gradient
         for outputs in stacks:
-            parts["heatmap"] += focal_loss(targets["heatmap"], outputs["heatmap"], clamp_gradient=clamp)
+            parts["heatmap"] += self.heatmap_loss_fn(targets["heatmap"], outputs["heatmap"])
             parts["size"] += reg_l1_loss(outputs["size"], targets["indices"], targets["mask"], targets["size"])
             parts["offset"] += reg_l1_loss(
                 outputs["offset"], targets["indices"], targets["mask"], targets["offset"]
@@ -207,8 +205,8 @@ class CenterNetPose(CenterNet):
             parts["keypoint"] += reg_weighted_l1_loss(
                 outputs["keypoints"], targets["indices"], targets["keypoint_mask"], targets["keypoints"]
             )
-            parts["keypoint_heatmap"] += focal_loss(
-                targets["keypoint_heatmap"], outputs["keypoint_heatmap"], clamp_gradient=clamp
+            parts["keypoint_heatmap"] += self.heatmap_loss_fn(
+                targets["keypoint_heatmap"], outputs["keypoint_heatmap"]
             )
             parts["keypoint_offset"] += reg_l1_loss(
                 outputs["keypoint_offset"], targets["keypoint_indices"],
