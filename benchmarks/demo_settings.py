@@ -19,7 +19,9 @@ clamp `straight_through` (the demo's, default) or `official`, and options a
 comma-separated list that changes the model or batch from the demo's:
 `width=16` (ResNet-18 planes of the first stage), `neck=64-32-32` (the
 up-convolution channels), `kernels=2-2-2` (their kernel sizes), `head=32`
-(head channels), `batch=16`, `images=1024` (the first N training images). Otherwise every case uses the demo's preset,
+(head channels), `batch=16`, `images=1024` (the first N training images),
+`box_head=ltrb`, `iou_loss=diou`, `heatmap_loss=quality_focal` (CenterNet's
+options). Otherwise every case uses the demo's preset,
 128 px input, batch 32, 512 training images, a cosine schedule with 3
 warm-up epochs and Adam. The figures are COCO AP and AP50 of pycocotools on
 the demo's 128 held-out images, as `centernet demo` reports them. Each case
@@ -50,7 +52,8 @@ def parse_case(spec):
             "options": {}}
     for item in (rest[1].split(",") if len(rest) > 1 and rest[1] else []):
         key, _, value = item.partition("=")
-        if key not in ("width", "neck", "kernels", "head", "batch", "images"):
+        if key not in ("width", "neck", "kernels", "head", "batch", "images", "box_head",
+                       "heatmap_loss", "iou_loss"):
             raise SystemExit(f"unknown option {key!r} in {spec}")
         case["options"][key] = value
     case["batch"] = int(case["options"].get("batch", BATCH))
@@ -71,8 +74,11 @@ def build_model(case, data):
             size, random_crop=False, scale=0.0, shift=0.0)
     elif case["augmentation"] != "none":
         raise SystemExit(f"unknown augmentation {case['augmentation']!r}")
+    for key in ("box_head", "heatmap_loss", "iou_loss"):
+        if key in options:
+            extra[key] = options[key]
     preset = str(data["preset"])
-    if not set(options) - {"batch", "images"}:
+    if not set(options) - {"batch", "images", "box_head", "heatmap_loss", "iou_loss"}:
         return kc.CenterNet.from_preset(
             preset, num_classes=int(data["num_classes"]),
             focal_clamp_gradient=case["clamp"], **extra)
@@ -224,7 +230,7 @@ def run(data_path, cases, output, timeout):
         case = parse_case(result["case"])
         curve = result["curve"]
         model = ", ".join(f"{k} {v}" for k, v in case["options"].items()
-                          if k not in ("batch", "images"))
+                          if k not in ("batch", "images"))  # with box_head, heatmap_loss
         images = int(case["options"].get("images", num_images))
         steps = case["epochs"] * (images // case["batch"])
         rows.append(

@@ -174,7 +174,7 @@ def train(args):
         warmup_epochs=args.warmup_epochs,
     )
     with training.data_parallel_scope(args.devices, args.batch_size):
-        extra = {}
+        extra = _head_options(args, model_class)
         if args.augment_on == "accelerator":
             extra["augmentation"] = kc.layers.BatchAugmentation(args.image_size)
         model = model_class.from_preset(
@@ -205,6 +205,18 @@ def train(args):
     metrics = kc.evaluation.coco_evaluate(model, val_ds, info=val_info, verbose=min(args.verbose, 1))
     logger.info("COCO metrics: %s", _format_metrics(metrics))
     return model, history, metrics, output_dir
+
+
+def _head_options(args, model_class):
+    """CenterNet's `box_head`, `iou_loss` and `heatmap_loss` given on the command line."""
+    import keras_centernet as kc
+
+    options = {key: getattr(args, key, None) for key in ("box_head", "iou_loss", "heatmap_loss")}
+    options = {key: value for key, value in options.items() if value is not None}
+    if options and model_class is not kc.CenterNet:
+        flags = ", ".join("--" + key.replace("_", "-") for key in options)
+        raise UsageError(f"{flags}: options of --model centernet, not {args.preset!r}.")
+    return options
 
 
 def _model_class(args):
@@ -457,6 +469,14 @@ def add_training_arguments(parser, preset, epochs, eval_every):
                        default="official",
                        help="official: the focal loss clamp stops gradients (as the paper's code); "
                             "straight_through: same loss, gradients kept (helps from scratch)")
+    group.add_argument("--box-head", choices=["size", "ltrb"], default=None,
+                       help="size: the paper's size and offset heads; ltrb: distances to the "
+                            "four sides with an IoU loss (default: the preset's)")
+    group.add_argument("--iou-loss", choices=["giou", "diou", "ciou"], default=None,
+                       help="the loss of --box-head ltrb (default: the preset's, else giou)")
+    group.add_argument("--heatmap-loss", choices=["focal", "quality_focal"], default=None,
+                       help="focal: the paper's; quality_focal: Generalized Focal Loss with the "
+                            "Gaussian as the soft label (default: focal)")
     group.add_argument("--no-jit", dest="jit_compile", action="store_false",
                        help="disable XLA compilation of the training step")
     group.set_defaults(jit_compile="auto")

@@ -228,3 +228,32 @@ def test_demo_writes_every_output(tmp_path):
         assert os.path.exists(os.path.join(output, name)), name
     with open(os.path.join(output, "coco_metrics.json")) as file:
         assert {"AP", "AP50"} <= set(json.load(file))
+
+
+def test_head_options_reach_the_model(tmp_path, monkeypatch, capsys):
+    """--box-head, --iou-loss and --heatmap-loss become CenterNet's arguments; other families refuse them."""
+    built = []
+
+    class Built(Exception):
+        pass
+
+    def record(preset, num_classes=80, **kwargs):
+        built.append((preset, kwargs))
+        raise Built
+
+    monkeypatch.setattr(kc.CenterNet, "from_preset", staticmethod(record))
+    with pytest.raises(Built):
+        cli.main(["--verbose", "train", "--preset", "resnet18", *TINY, "--box-head", "ltrb",
+                  "--iou-loss", "diou", "--heatmap-loss", "quality_focal",
+                  "--output-dir", str(tmp_path / "ltrb")])
+    assert built == [("resnet18", {"focal_clamp_gradient": "official", "box_head": "ltrb",
+                                   "iou_loss": "diou", "heatmap_loss": "quality_focal"})]
+    # Left out, the preset's own choices stand: nothing is passed.
+    with pytest.raises(Built):
+        cli.main(["--verbose", "train", "--preset", "resnet18", *TINY,
+                  "--output-dir", str(tmp_path / "size")])
+    assert built[-1] == ("resnet18", {"focal_clamp_gradient": "official"})
+    assert cli.main(["train", "--preset", "triplets_hourglass52", *TINY, "--box-head", "ltrb",
+                     "--output-dir", str(tmp_path / "triplets")]) == 2
+    line = one_error_line(capsys)
+    assert "--box-head" in line and "triplets_hourglass52" in line, line
