@@ -28,6 +28,11 @@ OFFICIAL_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 BOX_HEADS = ("size", "ltrb")
 # TTFNet's `wh_offset_base` (16 input pixels), in stride-4 map pixels.
 LTRB_DISTANCE_SCALE = 4.0
+# Initial output bias of the LTRB head: every distance starts at `relu(1) * 4` map pixels (a
+# 32x32 px box at stride 4). With a zero bias (TTFNet's), the tiny initial outputs of a channel can
+# be negative at every pixel, and under the relu that channel never gets a gradient: measured, the
+# left and top distances stayed 0 for the whole run and AP50 stayed 0 (issue 14).
+LTRB_INITIAL_BIAS = 1.0
 # FairMOT's embedding dimension.
 REID_DIM = 128
 
@@ -101,8 +106,9 @@ class CenterNet(keras.Model):
         box_head: `"size"` or `"ltrb"`. `"size"`: the paper's `size` and
             `offset` heads, L1 losses at the centres. `"ltrb"`: one `ltrb`
             head of non-negative distances from the centre pixel to the
-            box's sides, in output pixels (`relu(x) * 4`, TTFNet's scaling),
-            trained with `iou_loss`; not in the paper. Defaults to
+            box's sides, in output pixels (`relu(x) * 4`, TTFNet's scaling,
+            with an initial bias of 1 so that no distance starts dead under
+            the relu), trained with `iou_loss`; not in the paper. Defaults to
             `"size"`.
         iou_loss: `"giou"`, `"diou"` or `"ciou"`. The LTRB box loss.
             Defaults to `"giou"`.
@@ -239,7 +245,7 @@ class CenterNet(keras.Model):
                     PredictionHead(
                         channels,
                         head_channels=head_channels,
-                        bias_init=HEATMAP_PRIOR_BIAS if name == "heatmap" else 0.0,
+                        bias_init={"heatmap": HEATMAP_PRIOR_BIAS, "ltrb": LTRB_INITIAL_BIAS}.get(name, 0.0),
                         kernel_stddev=None if name == "heatmap" else regression_head_stddev,
                         distance_scale=LTRB_DISTANCE_SCALE if name == "ltrb" else None,
                         dtype=self.dtype_policy,
