@@ -11,13 +11,18 @@ class PredictionHead(keras.layers.Layer):
     probability of 0.1 for every class, section 4 of the paper) so the focal
     loss starts stable. A head of distances (the LTRB box head) outputs
     `relu(x) * distance_scale`, as TTFNet's `relu(wh) * wh_offset_base`:
-    non-negative, and of a useful size from the first step.
+    non-negative, and of a useful size from the first step. Its output bias
+    starts at 1 (every distance at `distance_scale`), not TTFNet's 0: the
+    initial outputs are tiny and of nearly one sign at every pixel, so with a
+    zero bias a channel can start negative everywhere and, under the relu,
+    never get a gradient (measured: the left and top distances of the LTRB
+    head stayed 0 for a whole run).
 
     Args:
         channels: int. Output channels (classes for a heatmap, 2 for sizes).
         head_channels: int. Hidden channels. Defaults to 64.
         bias_init: float. Initial bias of the output convolution.
-            Defaults to 0.
+            Defaults to `None`: 0, or 1 for a head of distances.
         kernel_stddev: optional float. Standard deviation of a normal
             initialisation of both kernels (the official `fill_fc_weights`
             uses 0.001 for the regression heads). Defaults to `None`, Keras'
@@ -35,7 +40,7 @@ class PredictionHead(keras.layers.Layer):
     """
 
     def __init__(
-        self, channels, head_channels=64, bias_init=0.0, kernel_stddev=None, distance_scale=None, **kwargs
+        self, channels, head_channels=64, bias_init=None, kernel_stddev=None, distance_scale=None, **kwargs
     ):
         super().__init__(**kwargs)
         if not isinstance(channels, int) or channels < 1:
@@ -46,11 +51,13 @@ class PredictionHead(keras.layers.Layer):
             )
         self.channels = channels
         self.head_channels = head_channels
-        self.bias_init = float(bias_init)
         self.kernel_stddev = kernel_stddev
         if distance_scale is not None and not distance_scale > 0:
             raise ValueError(f"`distance_scale` must be positive; received {distance_scale!r}.")
         self.distance_scale = None if distance_scale is None else float(distance_scale)
+        if bias_init is None:
+            bias_init = 0.0 if distance_scale is None else 1.0
+        self.bias_init = float(bias_init)
         initializer = (
             "glorot_uniform"
             if kernel_stddev is None

@@ -28,11 +28,6 @@ OFFICIAL_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 BOX_HEADS = ("size", "ltrb")
 # TTFNet's `wh_offset_base` (16 input pixels), in stride-4 map pixels.
 LTRB_DISTANCE_SCALE = 4.0
-# Initial output bias of the LTRB head: every distance starts at `relu(1) * 4` map pixels (a
-# 32x32 px box at stride 4). With a zero bias (TTFNet's), the tiny initial outputs of a channel can
-# be negative at every pixel, and under the relu that channel never gets a gradient: measured, the
-# left and top distances stayed 0 for the whole run and AP50 stayed 0 (issue 14).
-LTRB_INITIAL_BIAS = 1.0
 # FairMOT's embedding dimension.
 REID_DIM = 128
 
@@ -245,7 +240,7 @@ class CenterNet(keras.Model):
                     PredictionHead(
                         channels,
                         head_channels=head_channels,
-                        bias_init={"heatmap": HEATMAP_PRIOR_BIAS, "ltrb": LTRB_INITIAL_BIAS}.get(name, 0.0),
+                        bias_init=HEATMAP_PRIOR_BIAS if name == "heatmap" else None,
                         kernel_stddev=None if name == "heatmap" else regression_head_stddev,
                         distance_scale=LTRB_DISTANCE_SCALE if name == "ltrb" else None,
                         dtype=self.dtype_policy,

@@ -164,11 +164,13 @@ def test_ltrb_head_learns_all_four_sides():
     assert history.history["ltrb_loss"][-1] < 0.3, history.history["ltrb_loss"]
     outputs = model(images)
     rendered = model.render_targets(images, targets, outputs["heatmap"])
+    ltrb = to_numpy(outputs["ltrb"])
+    batch, height, width, _ = ltrb.shape
     mask = to_numpy(rendered["mask"]) > 0
     indices = to_numpy(rendered["indices"])[mask]
-    predicted = to_numpy(outputs["ltrb"]).reshape(4, 16 * 16, 4)[np.nonzero(mask)[0], indices]
+    predicted = ltrb.reshape(batch, height * width, 4)[np.nonzero(mask)[0], indices]
     boxes = to_numpy(rendered["boxes"])[mask]
-    xs, ys = indices % 16, indices // 16
+    xs, ys = indices % width, indices // width
     expected = np.stack([xs - boxes[:, 0], ys - boxes[:, 1], boxes[:, 2] - xs, boxes[:, 3] - ys], -1)
     assert (expected > 0).all()
     # Measured after 60 steps: means (0.75, 1.50, 2.39, 3.44) for targets (1.69, 2.12, 2.89, 3.22);
