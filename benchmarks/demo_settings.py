@@ -20,8 +20,8 @@ comma-separated list that changes the model or batch from the demo's:
 `width=16` (ResNet-18 planes of the first stage), `neck=64-32-32` (the
 up-convolution channels), `kernels=2-2-2` (their kernel sizes), `head=32`
 (head channels), `batch=16`, `images=1024` (the first N training images),
-`box_head=ltrb`, `iou_loss=diou`, `heatmap_loss=quality_focal` (CenterNet's
-options). Otherwise every case uses the demo's preset,
+`box_head=ltrb`, `iou_loss=diou`, `heatmap_loss=quality_focal`,
+`ltrb_gaussian=1` (CenterNet's options). Otherwise every case uses the demo's preset,
 128 px input, batch 32, 512 training images, a cosine schedule with 3
 warm-up epochs and Adam. The figures are COCO AP and AP50 of pycocotools on
 the demo's 128 held-out images, as `centernet demo` reports them. Each case
@@ -53,7 +53,7 @@ def parse_case(spec):
     for item in (rest[1].split(",") if len(rest) > 1 and rest[1] else []):
         key, _, value = item.partition("=")
         if key not in ("width", "neck", "kernels", "head", "batch", "images", "box_head",
-                       "heatmap_loss", "iou_loss"):
+                       "heatmap_loss", "iou_loss", "ltrb_gaussian"):
             raise SystemExit(f"unknown option {key!r} in {spec}")
         case["options"][key] = value
     case["batch"] = int(case["options"].get("batch", BATCH))
@@ -77,8 +77,11 @@ def build_model(case, data):
     for key in ("box_head", "heatmap_loss", "iou_loss"):
         if key in options:
             extra[key] = options[key]
+    if "ltrb_gaussian" in options:
+        extra["ltrb_gaussian"] = options["ltrb_gaussian"] not in ("0", "false", "False")
     preset = str(data["preset"])
-    if not set(options) - {"batch", "images", "box_head", "heatmap_loss", "iou_loss"}:
+    if not set(options) - {"batch", "images", "box_head", "heatmap_loss", "iou_loss",
+                           "ltrb_gaussian"}:
         return kc.CenterNet.from_preset(
             preset, num_classes=int(data["num_classes"]),
             focal_clamp_gradient=case["clamp"], **extra)
