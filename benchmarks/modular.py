@@ -106,7 +106,7 @@ def main():
         "Issue 14's proof. `mobilenetv3_fpn` = MobileNetV3-Large + 128-channel FPN + LTRB head "
         "with GIoU; `resnet50_bifpn` = ResNet-50 + three 64-channel BiFPN layers + the paper's "
         "size/offset heads; both backbones from `keras.applications` with random weights. "
-        f"This run took {time.monotonic() - started:.0f} s.",
+        f"The parts run last time ({', '.join(args.parts)}) took {time.monotonic() - started:.0f} s.",
         "",
         "## Speed of the modular presets (512x512, JAX)",
         "",

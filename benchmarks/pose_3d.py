@@ -162,8 +162,36 @@ def street_set(count, seed):
     return images, y
 
 
+def synthetic_pose_module():
+    """`keras_centernet/data/synthetic_pose.py` (NumPy) without `keras_centernet.data`'s TensorFlow.
+
+    The GPU machine has no TensorFlow, which the package of the readers imports.
+    """
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "keras_centernet", "data",
+                        "synthetic_pose.py")
+    spec = importlib.util.spec_from_file_location("synthetic_pose_numpy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def coco_ground_truth(objects_per_image, categories):
+    """The pycocotools dict of `IMAGE_SIZE` images (ids `index + 1`), as `kc.data`'s helper."""
+    images, annotations = [], []
+    for index, objects in enumerate(objects_per_image):
+        images.append({"id": index + 1, "file_name": f"{index}.png", "width": IMAGE_SIZE, "height": IMAGE_SIZE})
+        for item in objects:
+            x1, y1, x2, y2 = (float(v) for v in item["box"])
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1,
+                                "category_id": int(item["category_id"]), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                "area": (x2 - x1) * (y2 - y1), "iscrowd": 0, **item.get("fields", {})})
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
 def pose_set(count, seed):
-    from keras_centernet.data.synthetic_pose import render_synthetic_pose
+    render_synthetic_pose = synthetic_pose_module().render_synthetic_pose
 
     images = np.zeros((count, IMAGE_SIZE, IMAGE_SIZE, 3), "float32")
     y = {"boxes": np.zeros((count, MAX_OBJECTS, 4), "float32"),
@@ -210,14 +238,11 @@ def matches(out, y, score_threshold=0.1):
 
 
 def box_ap(out, y, num_classes):
-    from keras_centernet.data.synthetic_shapes import coco_ground_truth
     from keras_centernet.evaluation.coco_evaluator import COCOEvaluator
 
     ground_truth = coco_ground_truth(
-        ([{"box": y["boxes"][i, t], "category_id": int(y["labels"][i, t]) + 1,
-           "area": float(np.prod(y["boxes"][i, t, 2:] - y["boxes"][i, t, :2]))}
+        ([{"box": y["boxes"][i, t], "category_id": int(y["labels"][i, t]) + 1}
           for t in np.flatnonzero(y["labels"][i] >= 0)] for i in range(len(y["labels"]))),
-        (IMAGE_SIZE, IMAGE_SIZE),
         [{"id": c + 1, "name": str(c)} for c in range(num_classes)])
     evaluator = COCOEvaluator(ground_truth, label_to_category_id=list(range(1, num_classes + 1)))
     evaluator.update(np.arange(1, len(y["labels"]) + 1), out["boxes"], out["scores"], out["labels"],
@@ -236,14 +261,18 @@ def predict(model, images, extra=None):
 
 
 def score_pose(model, images, y):
-    from keras_centernet.data.synthetic_pose import pose_ground_truth
     from keras_centernet.evaluation.keypoints import COCOKeypointEvaluator
+    from keras_centernet.targets.keypoints import COCO_KEYPOINT_NAMES
+    from keras_centernet.targets.keypoints import COCO_SKELETON
 
     out = predict(model, images)
-    valid = [np.flatnonzero(labels >= 0) for labels in y["labels"]]
-    ground_truth = pose_ground_truth([y["boxes"][i, v] for i, v in enumerate(valid)],
-                                     [y["keypoints"][i, v] for i, v in enumerate(valid)],
-                                     (IMAGE_SIZE, IMAGE_SIZE))
+    ground_truth = coco_ground_truth(
+        ([{"box": y["boxes"][i, t], "category_id": 1,
+           "fields": {"keypoints": [float(v) for v in y["keypoints"][i, t].reshape(-1)],
+                      "num_keypoints": int(np.sum(y["keypoints"][i, t, :, 2] > 0))}}
+          for t in np.flatnonzero(y["labels"][i] >= 0)] for i in range(len(y["labels"]))),
+        [{"id": 1, "name": "person", "supercategory": "person", "keypoints": list(COCO_KEYPOINT_NAMES),
+          "skeleton": [[a + 1, b + 1] for a, b in COCO_SKELETON]}])
     evaluator = COCOKeypointEvaluator(ground_truth, label_to_category_id=[1])
     evaluator.update(np.arange(1, len(images) + 1), out["boxes"], out["scores"], out["labels"],
                      out["keypoints"], out.get("num_detections"))

@@ -382,10 +382,16 @@ def _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors):
     the graph, weights included, before every one: over half of the time
     of a conversion. Without the guard a failing optimiser raises; then the
     conversion runs again with it.
+
+    tf2onnx (1.16) reads the switch as `"TF2ONNX_CATCH_ERRORS" in os.environ`
+    and then compares the variable's *name*, not its value, with "TRUE": a
+    set variable always means "do not catch". So errors are caught only with
+    the variable unset.
     """
     variable = tf2onnx.constants.ENV_TF2ONNX_CATCH_ERRORS
-    previous = os.environ.get(variable)
-    os.environ[variable] = "TRUE" if catch_errors else "FALSE"
+    previous = os.environ.pop(variable, None)
+    if not catch_errors:
+        os.environ[variable] = "FALSE"
     try:
         return tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset)[0]
     except Exception:
@@ -393,9 +399,8 @@ def _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors):
             raise
         logger.warning("An ONNX optimiser failed; converting again with optimiser errors caught.")
     finally:
-        if previous is None:
-            del os.environ[variable]
-        else:
+        os.environ.pop(variable, None)
+        if previous is not None:
             os.environ[variable] = previous
     return _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors=True)
 

@@ -17,12 +17,15 @@ def detection_function(model):
 
     def detect(images):
         detections = model.detect(images)
-        return {
+        outputs = {
             "boxes": tf.cast(detections["boxes"], tf.float32),
             "scores": tf.cast(detections["scores"], tf.float32),
             "labels": tf.cast(detections["labels"], tf.int32),
             "num_detections": tf.cast(detections["num_detections"], tf.int32),
         }
+        if "embeddings" in detections:  # a model with a `reid` head (tracking)
+            outputs["embeddings"] = tf.cast(detections["embeddings"], tf.float32)
+        return outputs
 
     return detect
 

@@ -8,7 +8,8 @@ from keras_centernet.losses.regression import gather_at_indices
 
 
 def decode_detections(
-    heatmap, size, offset, max_detections=100, stride=4, heatmap_is_probability=False
+    heatmap, size, offset, max_detections=100, stride=4, heatmap_is_probability=False,
+    extra_maps=None,
 ):
     """Boxes, scores and labels from the heatmap, size and offset maps; no NMS.
 
@@ -26,10 +27,15 @@ def decode_detections(
         max_detections: int. `K`. Defaults to 100.
         stride: number. Input pixels per map pixel. Defaults to 4.
         heatmap_is_probability: bool. Defaults to False.
+        extra_maps: dict of name -> float tensor `(B, H, W, D)` or `None`.
+            Maps read at each detection's peak pixel and returned under
+            their names, float32 `(B, K, D)` (e.g. a re-identification
+            embedding). Defaults to `None`.
 
     Returns:
         dict: `boxes` float32 `(B, K, 4)` `xyxy` in input pixels, `scores`
-        float32 `(B, K)` (descending), `labels` int32 `(B, K)`.
+        float32 `(B, K)` (descending), `labels` int32 `(B, K)`, and the
+        `extra_maps` at the peaks.
 
     Example:
 
@@ -50,10 +56,12 @@ def decode_detections(
     boxes = ops.stack(
         [center_x - half_w, center_y - half_h, center_x + half_w, center_y + half_h], axis=-1
     )
-    return {"boxes": boxes * stride, "scores": scores, "labels": labels}
+    return {"boxes": boxes * stride, "scores": scores, "labels": labels,
+            **_read_at_peaks(extra_maps, indices)}
 
 
-def decode_ltrb_detections(heatmap, ltrb, max_detections=100, stride=4, heatmap_is_probability=False):
+def decode_ltrb_detections(heatmap, ltrb, max_detections=100, stride=4, heatmap_is_probability=False,
+                           extra_maps=None):
     """Boxes, scores and labels from the heatmap and the LTRB distance map; no NMS.
 
     Peaks and top-K as `decode_detections`; the box of a peak at pixel
@@ -69,10 +77,15 @@ def decode_ltrb_detections(heatmap, ltrb, max_detections=100, stride=4, heatmap_
         max_detections: int. `K`. Defaults to 100.
         stride: number. Input pixels per map pixel. Defaults to 4.
         heatmap_is_probability: bool. Defaults to False.
+        extra_maps: dict of name -> float tensor `(B, H, W, D)` or `None`.
+            Maps read at each detection's peak pixel and returned under
+            their names, float32 `(B, K, D)` (e.g. a re-identification
+            embedding). Defaults to `None`.
 
     Returns:
         dict: `boxes` float32 `(B, K, 4)` `xyxy` in input pixels, `scores`
-        float32 `(B, K)` (descending), `labels` int32 `(B, K)`.
+        float32 `(B, K)` (descending), `labels` int32 `(B, K)`, and the
+        `extra_maps` at the peaks.
 
     Example:
 
@@ -85,7 +98,19 @@ def decode_ltrb_detections(heatmap, ltrb, max_detections=100, stride=4, heatmap_
     """
     scores, labels, indices, xs, ys = _peaks(heatmap, max_detections, heatmap_is_probability)
     boxes = ltrb_to_boxes(gather_at_indices(ltrb, indices), xs, ys)
-    return {"boxes": boxes * stride, "scores": scores, "labels": labels}
+    return {"boxes": boxes * stride, "scores": scores, "labels": labels,
+            **_read_at_peaks(extra_maps, indices)}
+
+
+def _expand_to(keep, value):
+    for _ in range(len(value.shape) - 2):
+        keep = ops.expand_dims(keep, -1)
+    return keep
+
+
+def _read_at_peaks(extra_maps, indices):
+    return {name: ops.cast(gather_at_indices(value, indices), "float32")
+            for name, value in (extra_maps or {}).items()}
 
 
 def _peaks(heatmap, max_detections, heatmap_is_probability):
@@ -125,7 +150,8 @@ def apply_score_threshold(detections, score_threshold):
 
     Detections are sorted by score: the first `num_detections` are kept;
     the others get box 0, score 0 and label -1 (the padding convention of
-    `keras.visualization` and of the training targets). Shapes stay fixed.
+    `keras.visualization` and of the training targets), and any further
+    per-detection value (e.g. `embeddings` `(B, K, D)`) 0. Shapes stay fixed.
 
     Args:
         detections: dict `boxes` `(B, K, 4)`, `scores` `(B, K)` (descending),
@@ -144,11 +170,16 @@ def apply_score_threshold(detections, score_threshold):
     scores = detections["scores"]
     keep = scores > score_threshold
     num_detections = ops.sum(ops.cast(keep, "int32"), axis=-1)
+    extra = {
+        name: ops.where(_expand_to(keep, value), value, 0.0)
+        for name, value in detections.items() if name not in ("boxes", "scores", "labels")
+    }
     return {
         "boxes": ops.where(keep[..., None], detections["boxes"], 0.0),
         "scores": ops.where(keep, scores, 0.0),
         "labels": ops.where(keep, detections["labels"], -1),
         "num_detections": num_detections,
+        **extra,
     }
 
 

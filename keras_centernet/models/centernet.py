@@ -523,7 +523,11 @@ class CenterNet(keras.Model):
         """Detections of a batch, with the configured test-time augmentation.
 
         Returns DESIGN.md's dict: `boxes` `(B, K, 4)` `xyxy` in input pixels,
-        `scores`, `labels`, `num_detections`.
+        `scores`, `labels`, `num_detections`; with a `reid` head also
+        `embeddings` `(B, K, reid_dim)`, each detection's identity
+        embedding read at its peak and L2-normalised (FairMOT's tracker
+        input; from the unflipped pass under `flip_test`), zero for
+        detections below `score_threshold`.
         """
         images = ops.cast(ops.convert_to_tensor(images), "float32")
         per_scale = []
@@ -531,15 +535,22 @@ class CenterNet(keras.Model):
             scaled = images if scale == 1.0 else self._rescale(images, scale)
             heat, boxes = self._probability_maps(scaled)
             stride = _stride(scaled, heat)
+            extra = {"embeddings": boxes["reid"]} if "reid" in boxes else None
             if self.box_head == "ltrb":
                 detections = decode_ltrb_detections(
-                    heat, boxes["ltrb"], self.max_detections, stride=stride, heatmap_is_probability=True
+                    heat, boxes["ltrb"], self.max_detections, stride=stride, heatmap_is_probability=True,
+                    extra_maps=extra,
                 )
             else:
                 detections = decode_detections(
                     heat, boxes["size"], boxes["offset"], self.max_detections, stride=stride,
-                    heatmap_is_probability=True,
+                    heatmap_is_probability=True, extra_maps=extra,
                 )
+            if extra:
+                embeddings = detections["embeddings"]
+                # FairMOT's `F.normalize`: unit length, 1e-12 guarding zero vectors.
+                norm = ops.sqrt(ops.sum(ops.square(embeddings), axis=-1, keepdims=True))
+                detections["embeddings"] = embeddings / ops.maximum(norm, 1e-12)
             if scale != 1.0:
                 detections["boxes"] = detections["boxes"] / scale
             per_scale.append(detections)
@@ -552,6 +563,8 @@ class CenterNet(keras.Model):
     def _probability_maps(self, images):
         """Sigmoid heatmap and box maps (size and offset, or ltrb) of the last stack; averaged over a flip when asked."""
         box_maps = ("size", "offset") if self.box_head == "size" else ("ltrb",)
+        if self.reid_dim is not None:
+            box_maps += ("reid",)
         if not self.flip_test:
             raw = self(images, training=False)
             return ops.sigmoid(ops.cast(raw["heatmap"], "float32")), {name: raw[name] for name in box_maps}
@@ -564,15 +577,17 @@ class CenterNet(keras.Model):
             return value[0], ops.flip(value[1], axis=2)
 
         heat, heat_flipped = halves(ops.sigmoid(ops.cast(raw["heatmap"], "float32")))
+        # The identity embedding of the unflipped pass, as the offset.
+        maps = {"reid": halves(raw["reid"])[0]} if "reid" in box_maps else {}
         if self.box_head == "ltrb":
             ltrb, ltrb_flipped = halves(raw["ltrb"])
             # In the mirror, the distance to the left side is the distance to the right.
             ltrb_flipped = ops.take(ltrb_flipped, [2, 1, 0, 3], axis=-1)
-            return (heat + heat_flipped) / 2, {"ltrb": (ltrb + ltrb_flipped) / 2}
+            return (heat + heat_flipped) / 2, {"ltrb": (ltrb + ltrb_flipped) / 2, **maps}
         size, size_flipped = halves(raw["size"])
         # As the official detector: the offset of the unflipped pass only.
         offset, _ = halves(raw["offset"])
-        return (heat + heat_flipped) / 2, {"size": (size + size_flipped) / 2, "offset": offset}
+        return (heat + heat_flipped) / 2, {"size": (size + size_flipped) / 2, "offset": offset, **maps}
 
     def _rescale(self, images, scale):
         """Images resized by `scale` (as the official `int(h * scale)`), padded bottom/right to the divisor."""
@@ -594,11 +609,15 @@ class CenterNet(keras.Model):
         scores = soft_nms(boxes, scores, labels, method="gaussian", sigma=0.5, iou_threshold=0.5,
                           score_threshold=0.001)
         scores, order = ops.top_k(scores, self.max_detections)
-        return {
+        merged = {
             "boxes": ops.take_along_axis(boxes, order[..., None], axis=1),
             "scores": scores,
             "labels": ops.take_along_axis(labels, order, axis=1),
         }
+        if "embeddings" in per_scale[0]:
+            embeddings = ops.concatenate([d["embeddings"] for d in per_scale], axis=1)
+            merged["embeddings"] = ops.take_along_axis(embeddings, order[..., None], axis=1)
+        return merged
 
     def get_config(self):
         config = super().get_config()

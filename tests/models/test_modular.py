@@ -207,3 +207,52 @@ class TestDefaultHead(TestCase):
         assert model.reid_dim == 128
         assert tuple(model(np.zeros((1, 64, 64, 3), "float32"))["reid"].shape) == (1, 16, 16, 128)
         assert tuple(model.reid_classifier.kernel.shape) == (128, 10)
+
+
+class TestReidDetections(TestCase):
+    """Detections of a model with a `reid` head carry FairMOT's unit-length embedding of each object."""
+
+    @pytest.mark.multi_backend
+    @pytest.mark.parametrize("box_head", ["size", "ltrb"])
+    def test_embeddings_are_the_normalised_reid_map_at_each_peak(self, box_head, rng):
+        model = kc.CenterNet(
+            ResNetBackbone(depth=18, width=4), neck=FPNNeck(filters=8), num_classes=NUM_CLASSES,
+            head_channels=8, max_detections=6, num_identities=5, reid_dim=6, box_head=box_head,
+        )
+        images = rng.uniform(0, 255, size=(2, 64, 64, 3)).astype("float32")
+        raw = to_numpy(model(images, training=False))
+        heat = 1 / (1 + np.exp(-raw["heatmap"].astype("float64")))
+        # A threshold between the detections' scores: some kept, some blanked.
+        all_scores = to_numpy(model.detect(images))["scores"]
+        threshold = float(np.median(all_scores))
+        model.configure_prediction(score_threshold=threshold)
+        out = to_numpy(model.predict(images, verbose=0))
+        assert out["embeddings"].shape == (2, 6, 6)
+        assert 0 < out["num_detections"].sum() < 12  # both cases below are met
+        for b in range(2):
+            count = int(out["num_detections"][b])
+            for k in range(6):
+                if k >= count:
+                    np.testing.assert_array_equal(out["embeddings"][b, k], 0.0)
+                    continue
+                # The peak: the pixel of the detection's class whose probability is its score.
+                channel = heat[b, :, :, out["labels"][b, k]]
+                y, x = np.unravel_index(np.argmin(np.abs(channel - out["scores"][b, k])), channel.shape)
+                vector = raw["reid"][b, y, x]
+                assert_allclose(out["embeddings"][b, k], vector / np.linalg.norm(vector), atol=1e-5)
+
+    def test_flip_and_multi_scale_testing_keep_unit_embeddings(self, rng):
+        model = kc.CenterNet(
+            ResNetBackbone(depth=18, width=4), neck=FPNNeck(filters=8), num_classes=NUM_CLASSES,
+            head_channels=8, max_detections=4, num_identities=5, reid_dim=3,
+        )
+        images = rng.uniform(0, 255, size=(1, 64, 64, 3)).astype("float32")
+        for options in ({"flip_test": True}, {"test_scales": (0.5, 1.0)}):
+            model.configure_prediction(**options)
+            out = to_numpy(model.predict(images, verbose=0))
+            assert out["embeddings"].shape == (1, 4, 3)
+            np.testing.assert_allclose(np.linalg.norm(out["embeddings"], axis=-1), 1.0, atol=1e-5)
+        # A model without the head returns DESIGN.md's four keys only.
+        plain = kc.CenterNet(ResNetBackbone(depth=18, width=4), neck=FPNNeck(filters=8),
+                             num_classes=NUM_CLASSES, head_channels=8, max_detections=4)
+        assert set(to_numpy(plain.predict(images, verbose=0))) == {"boxes", "scores", "labels", "num_detections"}
