@@ -21,7 +21,9 @@ comma-separated list that changes the model or batch from the demo's:
 up-convolution channels), `kernels=2-2-2` (their kernel sizes), `head=32`
 (head channels), `batch=16`, `images=1024` (the first N training images),
 `box_head=ltrb`, `iou_loss=diou`, `heatmap_loss=quality_focal`,
-`ltrb_gaussian=1` (CenterNet's options). Otherwise every case uses the demo's preset,
+`ltrb_gaussian=1` (CenterNet's options), `hourglass=32-32-48-48-64` (a one-stack
+hourglass of these level widths, one block each, instead of the demo's ResNet) and with it
+`family=triplets` (`CenterNetTriplets` on that hourglass, for a comparison at one budget). Otherwise every case uses the demo's preset,
 128 px input, batch 32, 512 training images, a cosine schedule with 3
 warm-up epochs and Adam. The figures are COCO AP and AP50 of pycocotools on
 the demo's 128 held-out images, as `centernet demo` reports them. Each case
@@ -53,7 +55,7 @@ def parse_case(spec):
     for item in (rest[1].split(",") if len(rest) > 1 and rest[1] else []):
         key, _, value = item.partition("=")
         if key not in ("width", "neck", "kernels", "head", "batch", "images", "box_head",
-                       "heatmap_loss", "iou_loss", "ltrb_gaussian"):
+                       "heatmap_loss", "iou_loss", "ltrb_gaussian", "hourglass", "family"):
             raise SystemExit(f"unknown option {key!r} in {spec}")
         case["options"][key] = value
     case["batch"] = int(case["options"].get("batch", BATCH))
@@ -79,6 +81,19 @@ def build_model(case, data):
             extra[key] = options[key]
     if "ltrb_gaussian" in options:
         extra["ltrb_gaussian"] = options["ltrb_gaussian"] not in ("0", "false", "False")
+    if "hourglass" in options:
+        dims = tuple(int(d) for d in options["hourglass"].split("-"))
+        backbone = kc.backbones.HourglassBackbone(
+            num_stacks=1, dims=dims, num_blocks=(1,) * len(dims), stem_channels=dims[0],
+            output_channels=2 * dims[0])
+        common = dict(num_classes=int(data["num_classes"]), head_channels=int(options.get("head", 64)),
+                      size_divisor=4 * 2 ** (len(dims) - 1), focal_clamp_gradient=case["clamp"])
+        if options.get("family", "centernet") == "triplets":
+            return kc.CenterNetTriplets(backbone, pool_channels=common["head_channels"] // 2,
+                                        augmentation=extra.get("augmentation"), **common)
+        return kc.CenterNet(backbone, **common, **extra)
+    if "family" in options:
+        raise SystemExit("`family` needs `hourglass=...`")
     preset = str(data["preset"])
     if not set(options) - {"batch", "images", "box_head", "heatmap_loss", "iou_loss",
                            "ltrb_gaussian"}:
@@ -201,7 +216,7 @@ def evaluate(predict, data):
     return evaluator.result()
 
 
-def run(data_path, cases, output, timeout):
+def run(data_path, cases, output, timeout, title=None, notes=()):
     """Runs every case as its own process on the one GPU; writes the table."""
     env = dict(os.environ)
     # Each case's share of the GPU, unless set (several `run`s at once on one GPU).
@@ -246,7 +261,7 @@ def run(data_path, cases, output, timeout):
                + f" | {curve[-1]['loss']:.3f} | " if curve else " | | | ")
             + f"{result.get('seconds', '')} |")
     text = "\n".join([
-        "# Demo settings (`benchmarks/demo_settings.py`)",
+        f"# {title or 'Demo settings'} (`benchmarks/demo_settings.py`)",
         "",
         f"Device: {jax.devices()[0].device_kind}, JAX {jax.__version__}, Keras {keras.__version__}; "
         "all cases at once on the GPU. The demo's preset, images and 128 held-out images, "
@@ -255,6 +270,7 @@ def run(data_path, cases, output, timeout):
         "",
         *rows,
         "",
+        *[line for note in notes for line in (note, "")],
     ])
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as file:
@@ -274,6 +290,9 @@ def main():
     run_parser.add_argument("--cases", nargs="+", required=True)
     run_parser.add_argument("--output", default=os.path.join(
         os.path.dirname(__file__), "results", "demo_settings.md"))
+    run_parser.add_argument("--title", default=None, help="the results file's title")
+    run_parser.add_argument("--note", action="append", default=[],
+                            help="a paragraph written under the table (repeatable)")
     run_parser.add_argument("--timeout", type=float, default=480.0,
                             help="seconds all the cases may take; a case still running then "
                                  "reports the points it reached")
@@ -284,7 +303,7 @@ def main():
     if args.command == "dump":
         dump(args.path, args.demo_args)
     elif args.command == "run":
-        run(args.path, args.cases, args.output, args.timeout)
+        run(args.path, args.cases, args.output, args.timeout, args.title, args.note)
     else:
         run_case(args.spec, args.path)
 

@@ -100,6 +100,10 @@ class CenterNetTriplets(keras.Model):
             joins their pairs and centres (the official test). Defaults to
             False.
         focal_clamp_gradient: `"official"` or `"straight_through"`.
+        augmentation: `keras_centernet.layers.BatchAugmentation` or `None`.
+            The official training augmentation inside the step, on batches
+            of fixed canvases (`augment_on="accelerator"` readers), as
+            `CenterNet`'s. Defaults to `None`.
 
     Example:
 
@@ -134,6 +138,7 @@ class CenterNetTriplets(keras.Model):
         score_threshold=0.0,
         flip_test=False,
         focal_clamp_gradient="official",
+        augmentation=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -198,6 +203,8 @@ class CenterNetTriplets(keras.Model):
         self.score_threshold = float(score_threshold)
         self.flip_test = bool(flip_test)
         self.focal_clamp_gradient = focal_clamp_gradient
+        # A layer (its seed generator is model state); see `call`.
+        self.augmentation = augmentation
 
         # === Loss parts, reported as metrics ===
         self.heatmap_loss_tracker = keras.metrics.Mean(name="heatmap_loss")
@@ -227,10 +234,18 @@ class CenterNetTriplets(keras.Model):
         return outputs
 
     def call(self, images, training=None):
+        augmented = None
+        if training and self.augmentation is not None:
+            # `CenterNet`'s contract: the heads see the augmented images and
+            # the outputs carry them, with their maps, for `compute_loss`.
+            augmented = self.augmentation.augment_batch(images)
+            images = augmented["images"]
         stacks = self.forward_stacks(images, training=training, all_stacks=bool(training))
         outputs = dict(stacks[-1])
         if training and self.num_stacks > 1:
             outputs["intermediate"] = stacks[:-1]
+        if augmented is not None:
+            outputs["augmentation"] = augmented
         return outputs
 
     # === Training ===
@@ -246,6 +261,13 @@ class CenterNetTriplets(keras.Model):
             )
         if y_pred is None:
             y_pred = self(x, training=training)
+        augmented = y_pred.get("augmentation")
+        if augmented is not None:
+            # `y`'s boxes are on the canvas `x`: map them as `call` mapped the images.
+            y = self.augmentation.augment_targets(
+                y, augmented["matrix"], ops.shape(x), bounding_box_format=self.bounding_box_format
+            )
+            x = augmented["images"]
         targets = self.render_targets(x, y, y_pred["top_left_heatmap"])
         stacks = list(y_pred.get("intermediate", [])) + [y_pred]
         heatmap_loss = pull_loss = push_loss = offset_loss = 0.0
@@ -357,6 +379,8 @@ class CenterNetTriplets(keras.Model):
                 "score_threshold": self.score_threshold,
                 "flip_test": self.flip_test,
                 "focal_clamp_gradient": self.focal_clamp_gradient,
+                "augmentation": None if self.augmentation is None
+                else keras.saving.serialize_keras_object(self.augmentation),
             }
         )
         return config
@@ -365,6 +389,8 @@ class CenterNetTriplets(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if config.get("augmentation") is not None:
+            config["augmentation"] = keras.saving.deserialize_keras_object(config["augmentation"])
         return cls(**config)
 
     @classmethod

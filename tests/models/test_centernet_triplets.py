@@ -224,3 +224,26 @@ def test_bad_arguments():
     model = tiny_model()
     with pytest.raises(ValueError, match="trains on"):
         model.compute_loss(np.zeros((1, 64, 64, 3), "float32"), np.zeros((1, 4)))
+
+
+@pytest.mark.multi_backend
+def test_in_step_augmentation_maps_the_targets_as_the_images():
+    """With `augmentation`, the loss is the plain loss of the augmented batch and its mapped boxes."""
+    from keras_centernet.layers import BatchAugmentation
+    from keras_centernet.layers.batch_augmentation import transform_box_batch
+
+    images, targets = scene_batch(num_images=2, size=64, max_objects=4)
+    model = tiny_model(augmentation=BatchAugmentation(64, seed=2))
+    outputs = model(images, training=True)
+    augmented = outputs["augmentation"]
+    # A crop that moves the boxes: the test below is not the identity.
+    assert not np.allclose(to_numpy(augmented["matrix"]), [[1, 0, 0], [0, 1, 0]])
+    loss = model.compute_loss(images, targets, outputs)
+    boxes, labels = transform_box_batch(targets["boxes"], targets["labels"], augmented["matrix"], (64, 64))
+    plain = {k: v for k, v in outputs.items() if k != "augmentation"}
+    expected = model.compute_loss(augmented["images"], {"boxes": boxes, "labels": labels}, plain)
+    np.testing.assert_allclose(to_numpy(loss), to_numpy(expected), rtol=1e-6)
+    assert "augmentation" not in model(images, training=False)
+    revived = CenterNetTriplets.from_config(model.get_config())
+    assert revived.augmentation.get_config() == model.augmentation.get_config()
+    assert tiny_model().get_config()["augmentation"] is None
