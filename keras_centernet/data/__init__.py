@@ -28,7 +28,12 @@ Training batches (`training=True`): `(images, targets)` with
 - `targets["boxes"]`: float32 `(B, M, 4)` in the input image's pixels,
   format `bounding_box_format` (default `"xyxy"`), `M = max_objects`
   (default 128), the padding zeros;
-- `targets["labels"]`: int32 `(B, M)`, contiguous class labels, -1 for padding.
+- `targets["labels"]`: int32 `(B, M)`, contiguous class labels, -1 for padding;
+- for people with joints (`coco_json(..., keypoints=True)`, `synthetic_pose`):
+  `targets["keypoints"]`: float32 `(B, M, J, 3)`, `(x, y, visibility)` in input
+  pixels, in the order of the boxes, moved with them by the augmentation (a flip
+  swaps left and right joints), zeros for padding, unlabelled joints and joints
+  off the image.
 Valid objects come first, largest first. The last incomplete batch is
 dropped (as the official loader does).
 

@@ -79,6 +79,18 @@ def select_objects(boxes, labels, max_objects):
     Returns:
         `(boxes (max_objects, 4) float32, labels (max_objects,) int32)`.
     """
+    order = selection_order(boxes, labels, max_objects)
+    kept_boxes = gather_objects(boxes, order, max_objects)
+    kept_labels = gather_objects(labels, order, max_objects, padding=-1)
+    return kept_boxes, kept_labels
+
+
+def selection_order(boxes, labels, max_objects):
+    """The indices of the objects `select_objects` keeps, in its order: `(count,)` int32.
+
+    Gather any other per-object field with it (`gather_objects`) to keep it
+    aligned with the selected boxes and labels.
+    """
     width = boxes[:, 2] - boxes[:, 0]
     height = boxes[:, 3] - boxes[:, 1]
     valid = tf.reduce_all(tf.math.is_finite(boxes), axis=-1)
@@ -88,15 +100,56 @@ def select_objects(boxes, labels, max_objects):
     # annotation order among equal areas, so the result is deterministic.
     order = tf.argsort(area, direction="DESCENDING", stable=True)
     count = tf.minimum(tf.reduce_sum(tf.cast(valid, tf.int32)), max_objects)
-    order = order[:count]
-    kept_boxes = tf.gather(boxes, order)
-    kept_labels = tf.gather(labels, order)
-    padding = max_objects - count
-    kept_boxes = tf.pad(kept_boxes, [[0, padding], [0, 0]])
-    kept_labels = tf.pad(kept_labels, [[0, padding]], constant_values=-1)
-    kept_boxes = tf.ensure_shape(kept_boxes, [max_objects, 4])
-    kept_labels = tf.ensure_shape(kept_labels, [max_objects])
-    return kept_boxes, kept_labels
+    return order[:count]
+
+
+def gather_objects(values, order, max_objects, padding=0):
+    """Per-object `values` `(N, ...)` taken in `order` and padded to `(max_objects, ...)`."""
+    kept = tf.gather(values, order)
+    rank = len(values.shape)
+    paddings = [[0, max_objects - tf.shape(order)[0]]] + [[0, 0]] * (rank - 1)
+    kept = tf.pad(kept, paddings, constant_values=tf.cast(padding, values.dtype))
+    return tf.ensure_shape(kept, [max_objects, *values.shape[1:]])
+
+
+def transform_keypoints(keypoints, matrix, height, width, permutation=None):
+    """Maps joints through the boxes' affine `matrix`; joints off the result become unlabelled.
+
+    The keypoint counterpart of `transform_boxes` and `clip_boxes`: each
+    labelled joint `(x, y, v)` (`v > 0`) goes to `matrix @ (x, y, 1)`; one
+    that lands outside `[0, width) x [0, height)` is set to `(0, 0, 0)` (the
+    official `multi_pose` loader drops joints off its output map), and
+    unlabelled joints stay `(0, 0, 0)`, as COCO writes them. A mirroring
+    `matrix` (negative x scale: a horizontal flip) also reorders the joints by
+    `permutation` (`kc.targets.keypoints.flip_permutation`), so that the left
+    wrist of the mirrored person is the mirror of its right wrist.
+
+    Args:
+        keypoints: float32 tensor `(N, J, 3)`, `x, y, visibility` pixels.
+        matrix: float32 tensor `(2, 3)`, as `transform_boxes`.
+        height, width: the result's size in pixels.
+        permutation: None or a list of `J` ints: the joint order after a
+            flip. None leaves the order (no left and right).
+
+    Returns:
+        float32 tensor `(N, J, 3)`.
+    """
+    keypoints = tf.cast(keypoints, tf.float32)
+    x, y, visibility = tf.unstack(keypoints, axis=-1)
+    new_x = matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2]
+    new_y = matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2]
+    width = tf.cast(width, tf.float32)
+    height = tf.cast(height, tf.float32)
+    keep = (
+        (visibility > 0)
+        & tf.math.is_finite(new_x) & tf.math.is_finite(new_y)
+        & (new_x >= 0) & (new_x < width) & (new_y >= 0) & (new_y < height)
+    )
+    mapped = tf.where(keep[..., None], tf.stack([new_x, new_y, visibility], axis=-1), 0.0)
+    if permutation is not None:
+        flipped = matrix[0, 0] < 0
+        mapped = tf.where(flipped, tf.gather(mapped, permutation, axis=1), mapped)
+    return mapped
 
 
 def convert_boxes_format(boxes, labels, bounding_box_format, height, width):

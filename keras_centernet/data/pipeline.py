@@ -5,8 +5,9 @@ feed `model.fit` on every Keras backend.
 
 A reader supplies a `Source`: how many examples, and a function from an index
 to one decoded example `{"image": uint8 (H, W, 3), "boxes": float32 (N, 4)
-xyxy in the image's pixels, "labels": int32 (N,), "image_id": int64}`. The
-pipeline then:
+xyxy in the image's pixels, "labels": int32 (N,), "image_id": int64}`, and
+for a source of people with joints `"keypoints": float32 (N, J, 3)` `(x, y,
+visibility)` in the image's pixels. The pipeline then:
 
 1. orders the indices (a fresh seeded permutation every pass when training);
 2. loads each example in parallel; an example whose loading fails (a missing
@@ -14,7 +15,8 @@ pipeline then:
    at the end of each pass one warning counts the skipped examples;
 3. clips the boxes to the image, augments (training) or preprocesses
    (evaluation) with TF image ops in a parallel `map`, transforms and clips the
-   boxes with the image, keeps at most `max_objects` (the largest) and pads;
+   boxes (and joints) with the image, keeps at most `max_objects` (the
+   largest) and pads;
 4. batches and prefetches.
 
 Randomness is stateless, seeded per example by `(pass seed, example index)`,
@@ -35,8 +37,11 @@ from keras_centernet.data.augment import eval_preprocess
 from keras_centernet.data.augment import place_on_canvas
 from keras_centernet.data.boxes import clip_boxes
 from keras_centernet.data.boxes import convert_boxes_format
-from keras_centernet.data.boxes import select_objects
+from keras_centernet.data.boxes import gather_objects
+from keras_centernet.data.boxes import selection_order
 from keras_centernet.data.boxes import transform_boxes
+from keras_centernet.data.boxes import transform_keypoints
+from keras_centernet.targets.keypoints import flip_permutation
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -66,18 +71,33 @@ class Source:
         elements: None, or a function `(pass_seed, shuffle) -> Dataset` of
             the elements of one pass. None: the indices `0 .. num_examples-1`
             (a seeded permutation when shuffling), or an endless counter.
+        num_joints: None, or int `J`: `load` also gives `keypoints` float32
+            `(N, J, 3)`, `(x, y, visibility)` in the image's pixels, which
+            the pipeline maps with the boxes (`transform_keypoints`) and
+            yields as `targets["keypoints"]` `(M, J, 3)`.
+        flip_pairs: pairs of joint indices that a horizontal flip swaps
+            (left and right). Defaults to none.
     """
 
     def __init__(self, num_examples, load, name=None, can_fail=False, at_input_size=False,
-                 elements=None):
+                 elements=None, num_joints=None, flip_pairs=()):
         if can_fail and name is None:
             raise ValueError("A source that can fail needs a `name` function for its warnings.")
+        if num_joints is not None and (not isinstance(num_joints, (int, np.integer)) or num_joints < 1):
+            raise ValueError(f"`num_joints` must be None or a positive int; received {num_joints!r}.")
         self.num_examples = num_examples
         self.load = load
         self.name = name
         self.can_fail = can_fail
         self.at_input_size = at_input_size
         self.elements = elements
+        self.num_joints = None if num_joints is None else int(num_joints)
+        self.flip_pairs = tuple(tuple(int(v) for v in pair) for pair in flip_pairs)
+        if self.num_joints is not None:
+            # Validates the pairs against the joints.
+            self.flip_permutation = flip_permutation(self.num_joints, self.flip_pairs)
+        elif self.flip_pairs:
+            raise ValueError("`flip_pairs` need `num_joints`.")
 
 
 class DatasetInfo:
@@ -215,8 +235,8 @@ def _single(element):
     return element[0] if len(element) == 1 else element
 
 
-def _failed_example(index, name):
-    return {
+def _failed_example(index, name, num_joints=None):
+    example = {
         "ok": tf.constant(False),
         "end": tf.constant(False),
         "name": name,
@@ -226,11 +246,14 @@ def _failed_example(index, name):
         "labels": tf.zeros([0], tf.int32),
         "image_id": tf.constant(-1, tf.int64),
     }
+    if num_joints is not None:
+        example["keypoints"] = tf.zeros([0, num_joints, 3], tf.float32)
+    return example
 
 
 def _loaded_example(source, element):
     example = source.load(element)
-    return {
+    loaded = {
         "ok": tf.constant(True),
         "end": tf.constant(False),
         "name": source.name(element) if source.name is not None else tf.constant(""),
@@ -240,6 +263,11 @@ def _loaded_example(source, element):
         "labels": tf.ensure_shape(tf.cast(example["labels"], tf.int32), [None]),
         "image_id": tf.cast(example["image_id"], tf.int64),
     }
+    if source.num_joints is not None:
+        loaded["keypoints"] = tf.ensure_shape(
+            tf.cast(example["keypoints"], tf.float32), [None, source.num_joints, 3]
+        )
+    return loaded
 
 
 def _load_skipping_failures(source, element):
@@ -248,7 +276,7 @@ def _load_skipping_failures(source, element):
         lambda *e: _loaded_example(source, _single(e))
     ).ignore_errors()
     failed = tf.data.Dataset.from_tensors(
-        _failed_example(tf.constant(-1, tf.int64), source.name(element))
+        _failed_example(tf.constant(-1, tf.int64), source.name(element), source.num_joints)
     )
     return loaded.concatenate(failed).take(1)
 
@@ -303,8 +331,9 @@ def build_dataset(
     Args:
         source: `Source`.
         training: bool. Augmented, shuffled batches of `(images, {"boxes",
-            "labels"})`, or evaluation batches with metadata (see the package
-            docstring).
+            "labels"})` (and `"keypoints"` `(B, M, J, 3)` for a source with
+            `num_joints`), or evaluation batches with metadata (see the
+            package docstring).
         batch_size: int.
         image_size: `(height, width)` of the input images.
         max_objects: int. Objects per image after padding.
@@ -336,6 +365,15 @@ def build_dataset(
             "With `augment_on='accelerator'` the augmentation is the model's: pass "
             "`CenterNet(augmentation=kc.layers.BatchAugmentation(...))`, not `augmentation=`."
         )
+    if on_accelerator and source.num_joints is not None:
+        raise ValueError(
+            "Keypoints need the CPU augmentation: `augment_on='accelerator'` hands the crop "
+            "and flip to `kc.layers.BatchAugmentation`, which maps boxes only, not joints. "
+            "Use `augment_on='cpu'` (the default); `CenterNetPose` takes no `augmentation=` "
+            "either (its own `flip_probability` mirrors joints and swaps left and right)."
+        )
+    with_keypoints = source.num_joints is not None
+    permutation = source.flip_permutation if with_keypoints and source.flip_pairs else None
     if augmentation is None:
         augmentation = Augmentation()
     output_size = tuple(image_size)
@@ -365,9 +403,17 @@ def build_dataset(
         out_shape = tf.shape(image)
         out_height, out_width = out_shape[0], out_shape[1]
         boxes = clip_boxes(boxes, out_height, out_width)
-        boxes, labels = select_objects(boxes, labels, max_objects)
+        order = selection_order(boxes, labels, max_objects)
+        boxes = gather_objects(boxes, order, max_objects)
+        labels = gather_objects(labels, order, max_objects, padding=-1)
         boxes = convert_boxes_format(boxes, labels, bounding_box_format, out_height, out_width)
         targets = {"boxes": boxes, "labels": labels}
+        if with_keypoints:
+            # The boxes' matrix (a flip mirrors it: left and right swap too).
+            keypoints = transform_keypoints(
+                example["keypoints"], matrix, out_height, out_width, permutation
+            )
+            targets["keypoints"] = gather_objects(keypoints, order, max_objects)
         if not training:
             targets["image_id"] = example["image_id"]
             targets["original_size"] = shape[:2]
@@ -382,7 +428,9 @@ def build_dataset(
                 num_parallel_calls=AUTOTUNE,
                 deterministic=deterministic or not training,
             )
-            end_marker = _failed_example(tf.constant(-1, tf.int64), tf.constant(""))
+            end_marker = _failed_example(
+                tf.constant(-1, tf.int64), tf.constant(""), source.num_joints
+            )
             end_marker["end"] = tf.constant(True)
             examples = examples.concatenate(tf.data.Dataset.from_tensors(end_marker))
             examples = examples.scan(tf.constant(0, tf.int64), _report)
