@@ -86,7 +86,8 @@ def export_model(
       calibrated on `representative_dataset` (float input and outputs
       kept; decoding ops without int8 kernels stay float).
     - `"onnx"`: one ONNX file (through `tf2onnx`, opset `opset`) with
-      input `images` and the four detection outputs, for ONNX Runtime.
+      input `images` and the detection outputs (with `embeddings` of a
+      re-identification head, `keypoints` of a pose model), for ONNX Runtime.
 
     Args:
         model: a built `keras_centernet.CenterNet`.

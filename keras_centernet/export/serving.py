@@ -10,10 +10,16 @@ from keras_centernet.data.augment import warp_affine
 from keras_centernet.data.decode import decode_image
 
 DETECTION_KEYS = ("boxes", "scores", "labels", "num_detections")
+EXTRA_KEYS = ("embeddings", "keypoints")
 
 
 def detection_function(model):
-    """`images (B, H, W, 3) float32 0..255 -> DESIGN.md's detection dict`, as `model.predict`."""
+    """`images (B, H, W, 3) float32 0..255 -> DESIGN.md's detection dict`, as `model.predict`.
+
+    With it, the per-detection extras a model's `detect` returns: `embeddings`
+    `(B, K, D)` of a re-identification head, `keypoints` `(B, K, J, 2)` of a
+    `CenterNetPose` (input pixels).
+    """
 
     def detect(images):
         detections = model.detect(images)
@@ -23,8 +29,9 @@ def detection_function(model):
             "labels": tf.cast(detections["labels"], tf.int32),
             "num_detections": tf.cast(detections["num_detections"], tf.int32),
         }
-        if "embeddings" in detections:  # a model with a `reid` head (tracking)
-            outputs["embeddings"] = tf.cast(detections["embeddings"], tf.float32)
+        for key in EXTRA_KEYS:  # `reid` heads (tracking), pose models
+            if key in detections:
+                outputs[key] = tf.cast(detections[key], tf.float32)
         return outputs
 
     return detect
@@ -104,7 +111,8 @@ def encoded_image_function(model, input_size):
 
     Each image is decoded to RGB, letterboxed into `input_size` (bilinear,
     zero padding) and detected; the boxes are mapped back through the
-    inverse of the letterbox. Blanked detections stay 0.
+    inverse of the letterbox (a pose model's joints too). Blanked detections
+    stay 0.
     """
     detect = detection_function(model)
     input_size = tuple(int(s) for s in input_size)
@@ -131,6 +139,9 @@ def encoded_image_function(model, input_size):
         count = tf.shape(boxes)[1]
         keep = tf.range(count)[None, :] < detections["num_detections"][:, None]
         detections["boxes"] = tf.where(keep[..., None], boxes, 0.0)
+        if "keypoints" in detections:  # (B, K, J, 2) joints, mapped as the boxes' corners
+            joints = (detections["keypoints"] - shift[:, :, None, :2]) / scale[:, :, None, :2]
+            detections["keypoints"] = tf.where(keep[..., None, None], joints, 0.0)
         return detections
 
     return detect_encoded

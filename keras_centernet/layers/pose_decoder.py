@@ -131,8 +131,15 @@ def decode_poses(
             ops.square(regressed[..., 0:1] - peak_x[:, :, None, :])
             + ops.square(regressed[..., 1:2] - peak_y[:, :, None, :])
         )
-        nearest = ops.argmin(distance, axis=-1)  # (B, J, K)
         min_distance = ops.min(distance, axis=-1)
+        # The first peak at the smallest distance: `argmin`, written with a
+        # min over indices because Keras' TensorFlow `argmin` of floats tests
+        # the sign bit of zeros with a bitwise AND, which TFLite has no
+        # built-in kernel for (the distances here are never -0).
+        candidates = ops.arange(distance.shape[-1], dtype="int32")
+        nearest = ops.min(
+            ops.where(distance <= min_distance[..., None], candidates, distance.shape[-1]), axis=-1
+        )  # (B, J, K)
         snap_score = ops.take_along_axis(peak_scores, nearest, axis=-1)
         snap_x = ops.take_along_axis(peak_x, nearest, axis=-1)
         snap_y = ops.take_along_axis(peak_y, nearest, axis=-1)
