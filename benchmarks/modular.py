@@ -36,6 +36,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402
 
 SPEED_PRESETS = ("resnet50_bifpn", "mobilenetv3_fpn")
 
@@ -127,9 +130,7 @@ def main():
         "",
         read(training_path),
     ])
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as file:
-        file.write(text)
+    common.write_text(args.output, text)
     print(text)
 
 

@@ -43,6 +43,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
 
 IMAGE_SIZE = 128
 MAX_OBJECTS = 8
@@ -277,7 +280,7 @@ def score_pose(model, images, y):
     evaluator.update(np.arange(1, len(images) + 1), out["boxes"], out["scores"], out["labels"],
                      out["keypoints"], out.get("num_detections"))
     oks = evaluator.result()
-    found = labelled = 0
+    found = 0
     pairs = matches(out, y)
     for i, t, k in pairs:
         truth = y["keypoints"][i, t]
@@ -365,8 +368,6 @@ def run_case(task, images_count, epochs, batch):
 
 
 def table(result):
-    import jax  # noqa: F401  (only for the header)
-
     curve = result.get("curve", [])
     if result["task"] == "pose":
         header = ["epoch (steps)", "loss", "OKS AP", "OKS AP50", "box AP50", "people matched",
@@ -438,9 +439,7 @@ def main():
                      f"{result['batch']}, {result['params']} parameters, "
                      f"{result['seconds']} s of training (+ {result['data_seconds']} s making the data).", ""]
         text += table(result) + [""]
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as file:
-        file.write("\n".join(text))
+    common.write_text(args.output, "\n".join(text))
     print("\n".join(text))
 
 

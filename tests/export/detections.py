@@ -75,3 +75,41 @@ def assert_detection_dict(detections, num_images, max_detections):
     assert detections["num_detections"].shape == (num_images,)
     assert detections["labels"].dtype == np.int32 and detections["num_detections"].dtype == np.int32
     assert detections["boxes"].dtype == np.float32 and detections["scores"].dtype == np.float32
+
+
+def scale_head_outputs(model, images, spreads):
+    """Scales each named head's output conv so its maps vary by `std` around `mean`, as a trained model's.
+
+    Random heads give nearly constant maps (ties everywhere): comparisons of
+    artifacts would then prove nothing. `spreads` maps a head name to
+    `(std, mean)` of its pre-activation output on `images`; other heads are
+    left. The spread is measured with the bias at zero: DLA's random
+    features are ~1e-4, below float32's step at a bias of -2.19.
+    """
+    from tests.test_case import to_numpy
+
+    features = model.neck(model.backbone(model.preprocessor(images)))
+    for name, head in model.stack_heads(0).items():
+        if name not in spreads:
+            continue
+        std, mean = spreads[name]
+        conv = head.output_conv
+        conv.bias.assign(np.zeros(conv.bias.shape, np.float32))
+        spread = to_numpy(conv(head.hidden(features))).std()
+        conv.kernel.assign(to_numpy(conv.kernel) * (std / spread))
+        conv.bias.assign(np.full(conv.bias.shape, mean, np.float32))
+
+
+def assert_values_follow_detections(actual, expected, key, atol, per_image=None):
+    """Each expected detection's `key` values (embeddings, joints) equal those of its match in `actual`.
+
+    Detections are paired by box and score (the artifact may order ties
+    differently); `per_image` limits the check to the top detections of
+    each image, all valid ones by default.
+    """
+    for b in range(len(expected["scores"])):
+        count = int(expected["num_detections"][b]) if per_image is None else per_image
+        for k in np.argsort(-expected["scores"][b], kind="stable")[:count]:
+            j = np.argmin(np.abs(actual["boxes"][b] - expected["boxes"][b, k]).max(-1)
+                          + np.abs(actual["scores"][b] - expected["scores"][b, k]))
+            np.testing.assert_allclose(actual[key][b, j], expected[key][b, k], atol=atol)

@@ -15,8 +15,10 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_centernet as kc
+from tests.export.detections import assert_values_follow_detections
 from tests.export.detections import match_detections
 from tests.export.detections import run_onnx
+from tests.export.detections import scale_head_outputs
 from tests.test_case import to_numpy
 
 INPUT_SIZE = (64, 64)
@@ -36,16 +38,9 @@ def exported(tmp_path_factory):
     images = rng.uniform(0, 255, (2,) + INPUT_SIZE + (3,)).astype("float32")
     # Maps that vary as a trained model's (random heads give nearly constant
     # maps: ties everywhere, and joint heatmaps that nothing snaps to).
-    features = model.neck(model.backbone(model.preprocessor(images)))
-    spreads = {"heatmap": (1.5, -2.19), "size": (2.0, 4.0), "offset": (0.3, 0.5),
-               "keypoints": (3.0, 0.0), "keypoint_heatmap": (2.0, -1.0), "keypoint_offset": (0.3, 0.5)}
-    for name, head in model.stack_heads(0).items():
-        std, mean = spreads[name]
-        conv = head.output_conv
-        conv.bias.assign(np.zeros(conv.bias.shape, np.float32))
-        spread = to_numpy(conv(head.hidden(features))).std()
-        conv.kernel.assign(to_numpy(conv.kernel) * (std / spread))
-        conv.bias.assign(np.full(conv.bias.shape, mean, np.float32))
+    scale_head_outputs(model, images, {
+        "heatmap": (1.5, -2.19), "size": (2.0, 4.0), "offset": (0.3, 0.5),
+        "keypoints": (3.0, 0.0), "keypoint_heatmap": (2.0, -1.0), "keypoint_offset": (0.3, 0.5)})
     folder = tmp_path_factory.mktemp("pose")
     paths = {fmt: kc.export.export_model(model, str(folder / fmt), format=fmt, input_size=INPUT_SIZE)
              for fmt in ("saved_model", "tflite", "onnx")}
@@ -56,12 +51,8 @@ def check(detections, expected):
     assert set(detections) == KEYS
     assert detections["keypoints"].shape == (2, MAX_DETECTIONS, 17, 2)
     match_detections(detections, expected, 1e-4, 1e-2)
-    # Each person's joints follow it: pair by box, compare the joints.
-    for b in range(2):
-        for k in range(int(expected["num_detections"][b])):
-            j = np.argmin(np.abs(detections["boxes"][b] - expected["boxes"][b, k]).max(-1)
-                          + np.abs(detections["scores"][b] - expected["scores"][b, k]))
-            np.testing.assert_allclose(detections["keypoints"][b, j], expected["keypoints"][b, k], atol=1e-2)
+    # Each person's joints follow it.
+    assert_values_follow_detections(detections, expected, "keypoints", 1e-2)
 
 
 def test_the_comparison_is_not_vacuous(exported):
