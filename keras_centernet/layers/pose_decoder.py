@@ -163,12 +163,7 @@ def decode_poses(
 
 def apply_pose_score_threshold(people, score_threshold):
     """`apply_score_threshold` for people: blanked people also get zero joints."""
-    detections = apply_score_threshold(
-        {key: people[key] for key in ("boxes", "scores", "labels")}, score_threshold
-    )
-    keep = people["scores"] > score_threshold
-    detections["keypoints"] = ops.where(keep[..., None, None], people["keypoints"], 0.0)
-    return detections
+    return apply_score_threshold(people, score_threshold)
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
