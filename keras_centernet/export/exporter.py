@@ -14,9 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_centernet.export.serving import calibrated_function
 from keras_centernet.export.serving import detection_function
 from keras_centernet.export.serving import encoded_image_function
 from keras_centernet.export.serving import raw_maps_function
+from keras_centernet.export.serving import takes_calibration
 from keras_centernet.export.serving import with_input_check
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -88,6 +90,15 @@ def export_model(
     - `"onnx"`: one ONNX file (through `tf2onnx`, opset `opset`) with
       input `images` and the detection outputs (with `embeddings` of a
       re-identification head, `keypoints` of a pose model), for ONNX Runtime.
+
+    A `CenterNet3D`'s artifacts return its 3D objects too (`alpha`,
+    `depth`, `dimensions`, `locations`, `rotation_y`, `centers`, as its
+    `predict`). Its SavedModel and TFLite file have a second detection
+    signature, `serving_calibrated`, taking `images` and `calibration`
+    `(B, 3, 4)` float32 (each image's camera projection in input pixels;
+    `serving_default` uses the stored `model.calibration`); its ONNX file
+    takes both inputs. The encoded-image signature takes the stored
+    calibration as the original images' camera.
 
     Args:
         model: a built `keras_centernet.CenterNet`.
@@ -218,29 +229,45 @@ def _image_spec(input_size, batch_size):
     return tf.TensorSpec((batch_size, height, width, 3), tf.float32, name="images")
 
 
+def _calibration_spec(batch_size):
+    return tf.TensorSpec((batch_size, 3, 4), tf.float32, name="calibration")
+
+
+def _detection_endpoints(model, input_size, batch_size):
+    """`serving_default` (and a 3D model's `serving_calibrated`): name -> (function, specs)."""
+    image_spec = _image_spec(input_size, batch_size)
+    endpoints = {
+        "serving_default": (
+            with_input_check(detection_function(model), input_size, model.size_divisor,
+                             "serving_default"),
+            [image_spec],
+        )
+    }
+    if takes_calibration(model):
+        endpoints["serving_calibrated"] = (
+            calibrated_function(model, input_size), [image_spec, _calibration_spec(batch_size)],
+        )
+    return endpoints
+
+
 def _export_saved_model(model, path, input_size, batch_size):
     image_spec = _image_spec(input_size, batch_size)
     divisor = model.size_divisor
-    endpoints = {
-        "serving_default": (
-            with_input_check(detection_function(model), input_size, divisor, "serving_default"),
-            image_spec,
-        )
-    }
+    endpoints = _detection_endpoints(model, input_size, batch_size)
     if input_size is not None:
         endpoints["serving_encoded_images"] = (
             encoded_image_function(model, input_size),
-            tf.TensorSpec((batch_size,), tf.string, name="encoded"),
+            [tf.TensorSpec((batch_size,), tf.string, name="encoded")],
         )
     endpoints["serving_raw_maps"] = (
         with_input_check(raw_maps_function(model), input_size, divisor, "serving_raw_maps"),
-        image_spec,
+        [image_spec],
     )
     _write_saved_model(model, path, endpoints)
 
 
 def _write_saved_model(model, path, endpoints):
-    """A SavedModel of `endpoints` (name -> (function, input spec)), each a signature.
+    """A SavedModel of `endpoints` (name -> (function, input specs)), each a signature.
 
     The module tracks the TensorFlow variables behind the Keras ones, so
     each weight is stored once (Keras' `ExportArchive` stores them twice).
@@ -248,8 +275,8 @@ def _write_saved_model(model, path, endpoints):
     module = tf.Module()
     module.model_variables = [variable.value for variable in model.variables]
     signatures = {}
-    for name, (function, spec) in endpoints.items():
-        traced = tf.function(function, input_signature=[spec], autograph=False)
+    for name, (function, specs) in endpoints.items():
+        traced = tf.function(function, input_signature=list(specs), autograph=False)
         setattr(module, name, traced)
         signatures[name] = traced
     tf.saved_model.save(module, path, signatures=signatures)
@@ -261,9 +288,16 @@ def _export_tflite(model, path, input_size, batch_size, quantization,
     # LiteRT export: the converter freezes the variables and keeps the
     # signature's input and output names.
     with tempfile.TemporaryDirectory() as folder:
-        endpoint = (detection_function(model), _image_spec(input_size, batch_size))
-        _write_saved_model(model, folder, {"serving_default": endpoint})
-        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serving_default"])
+        endpoints = {
+            name: (detection_function(model) if name == "serving_default" else function, specs)
+            for name, (function, specs) in _detection_endpoints(model, input_size, batch_size).items()
+        }
+        if "serving_calibrated" in endpoints:  # its shape check has no built-in TFLite op
+            endpoints["serving_calibrated"] = (
+                detection_function(model, with_calibration=True), endpoints["serving_calibrated"][1]
+            )
+        _write_saved_model(model, folder, endpoints)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=list(endpoints))
         flat_buffer = _convert(converter, quantization, representative_dataset, input_size,
                                batch_size, num_calibration_images)
     flex = [name for name in tflite_op_names(flat_buffer) if name.startswith("Flex")]
@@ -363,20 +397,24 @@ def _export_onnx(model, path, input_size, batch_size, opset):
         ) from error
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
-    spec = _image_spec(input_size, batch_size)
-    detect = detection_function(model)
+    specs = [_image_spec(input_size, batch_size)]
+    if takes_calibration(model):  # inputs `images` and `calibration`
+        specs.append(_calibration_spec(batch_size))
+        detect = detection_function(model, with_calibration=True)
+    else:
+        detect = detection_function(model)
     if input_size is None:
         detect = with_input_check(detect, None, model.size_divisor, "images")
     function = tf.function(detect, autograph=False)
     # tf2onnx still uses NumPy 1 names; Keras' own ONNX export patches them the same way.
     patch_tf2onnx()
     # tf2onnx names the outputs after the keys of the returned dict.
-    model_proto = _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors=False)
+    model_proto = _tf2onnx_convert(tf2onnx, function, specs, opset, catch_errors=False)
     with open(path, "wb") as file:
         file.write(model_proto.SerializeToString())
 
 
-def _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors):
+def _tf2onnx_convert(tf2onnx, function, specs, opset, catch_errors):
     """`tf2onnx.convert.from_function`; first without its per-optimiser graph copies.
 
     Guarding each ONNX graph optimiser against failure, tf2onnx deep-copies
@@ -394,7 +432,7 @@ def _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors):
     if not catch_errors:
         os.environ[variable] = "FALSE"
     try:
-        return tf2onnx.convert.from_function(function, input_signature=[spec], opset=opset)[0]
+        return tf2onnx.convert.from_function(function, input_signature=list(specs), opset=opset)[0]
     except Exception:
         if catch_errors:
             raise
@@ -403,7 +441,7 @@ def _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors):
         os.environ.pop(variable, None)
         if previous is not None:
             os.environ[variable] = previous
-    return _tf2onnx_convert(tf2onnx, function, spec, opset, catch_errors=True)
+    return _tf2onnx_convert(tf2onnx, function, specs, opset, catch_errors=True)
 
 
 def add_cli_arguments(parser):

@@ -10,31 +10,74 @@ from keras_centernet.data.augment import warp_affine
 from keras_centernet.data.decode import decode_image
 
 DETECTION_KEYS = ("boxes", "scores", "labels", "num_detections")
+# Per-detection values beyond the boxes: a `reid` head's embeddings, a pose
+# model's joints, a 3D model's objects (`decode_3d_detections`).
 EXTRA_KEYS = ("embeddings", "keypoints")
+OBJECT_3D_KEYS = ("alpha", "depth", "dimensions", "locations", "rotation_y", "centers")
 
 
-def detection_function(model):
+def takes_calibration(model):
+    """Whether `model.detect` takes a camera `calibration` (a `CenterNet3D`)."""
+    from keras_centernet.models.centernet_3d import CenterNet3D
+
+    return isinstance(model, CenterNet3D)
+
+
+def detection_function(model, with_calibration=False):
     """`images (B, H, W, 3) float32 0..255 -> DESIGN.md's detection dict`, as `model.predict`.
 
     With it, the per-detection extras a model's `detect` returns: `embeddings`
     `(B, K, D)` of a re-identification head, `keypoints` `(B, K, J, 2)` of a
-    `CenterNetPose` (input pixels).
+    `CenterNetPose` (input pixels), and a `CenterNet3D`'s `alpha`, `depth`,
+    `dimensions` `(B, K, 3)`, `locations` `(B, K, 3)`, `rotation_y` and
+    `centers` `(B, K, 2)`. With `with_calibration` (3D models), the function
+    takes `(images, calibration)`, `calibration` `(B, 3, 4)` the camera
+    projection in input pixels; without, a 3D model uses its stored
+    `model.calibration`.
     """
 
-    def detect(images):
-        detections = model.detect(images)
+    def detect(images, calibration=None):
+        if with_calibration:
+            detections = model.detect(images, calibration)
+        else:
+            detections = model.detect(images)
         outputs = {
             "boxes": tf.cast(detections["boxes"], tf.float32),
             "scores": tf.cast(detections["scores"], tf.float32),
             "labels": tf.cast(detections["labels"], tf.int32),
             "num_detections": tf.cast(detections["num_detections"], tf.int32),
         }
-        for key in EXTRA_KEYS:  # `reid` heads (tracking), pose models
+        for key in EXTRA_KEYS + OBJECT_3D_KEYS:  # `reid` heads, pose and 3D models
             if key in detections:
                 outputs[key] = tf.cast(detections[key], tf.float32)
         return outputs
 
     return detect
+
+
+def calibrated_function(model, input_size):
+    """`(images, calibration) -> detections`: a 3D model's detection with a camera per image.
+
+    `calibration` `(B, 3, 4)` float32 is the projection in the input
+    images' pixels; the images are checked as `with_input_check` does.
+    """
+    detect = detection_function(model, with_calibration=True)
+    check = with_input_check(lambda images: images, input_size, model.size_divisor,
+                             "serving_calibrated")
+
+    def detect_calibrated(images, calibration):
+        shape = tf.shape(calibration)
+        ok = tf.logical_and(
+            tf.equal(tf.size(shape), 3),
+            tf.reduce_all(tf.equal(tf.pad(shape, [[0, 3]])[:3], [tf.shape(images)[0], 3, 4])),
+        )
+        message = ["Signature 'serving_calibrated' takes `calibration` float32 (batch, 3, 4), "
+                   "one projection per image; received shape", shape]
+        with tf.control_dependencies([tf.debugging.Assert(ok, message)]):
+            calibration = tf.identity(calibration)
+        return detect(check(images), calibration)
+
+    return detect_calibrated
 
 
 def with_input_check(function, input_size, divisor, name):
@@ -47,7 +90,7 @@ def with_input_check(function, input_size, divisor, name):
     channels, and height and width against the network's stride.
     """
 
-    def checked(images):
+    def checked(images, *other_inputs):
         shape = tf.shape(images)
         # Padding first makes the comparison valid for any rank.
         dims = tf.pad(shape, [[0, 4]])[1:4]
@@ -68,7 +111,7 @@ def with_input_check(function, input_size, divisor, name):
         )
         with tf.control_dependencies([check]):
             images = tf.identity(images)
-        return function(images)
+        return function(images, *other_inputs)
 
     return checked
 
@@ -111,10 +154,14 @@ def encoded_image_function(model, input_size):
 
     Each image is decoded to RGB, letterboxed into `input_size` (bilinear,
     zero padding) and detected; the boxes are mapped back through the
-    inverse of the letterbox (a pose model's joints too). Blanked detections
-    stay 0.
+    inverse of the letterbox (a pose model's joints and a 3D model's
+    projected centres too). A 3D model's stored `calibration` is taken as
+    the camera of the original images: it is carried through each
+    letterbox, so `locations` are the original camera's. Blanked
+    detections stay 0.
     """
-    detect = detection_function(model)
+    with_calibration = takes_calibration(model)
+    detect = detection_function(model, with_calibration=with_calibration)
     input_size = tuple(int(s) for s in input_size)
 
     def prepare(contents):
@@ -132,7 +179,13 @@ def encoded_image_function(model, input_size):
                 tf.TensorSpec((2, 3), tf.float32),
             ),
         )
-        detections = detect(images)
+        if with_calibration:
+            # P_input = A @ P_original, A the letterbox as a 3x3 matrix.
+            rows = tf.concat([matrices, tf.tile([[[0.0, 0.0, 1.0]]], [tf.shape(matrices)[0], 1, 1])], 1)
+            calibration = tf.matmul(rows, tf.constant(model.calibration, tf.float32)[None])
+            detections = detect(images, calibration)
+        else:
+            detections = detect(images)
         scale = tf.stack([matrices[:, 0, 0], matrices[:, 1, 1]] * 2, axis=-1)[:, None, :]
         shift = tf.stack([matrices[:, 0, 2], matrices[:, 1, 2]] * 2, axis=-1)[:, None, :]
         boxes = (detections["boxes"] - shift) / scale
@@ -142,6 +195,9 @@ def encoded_image_function(model, input_size):
         if "keypoints" in detections:  # (B, K, J, 2) joints, mapped as the boxes' corners
             joints = (detections["keypoints"] - shift[:, :, None, :2]) / scale[:, :, None, :2]
             detections["keypoints"] = tf.where(keep[..., None, None], joints, 0.0)
+        if "centers" in detections:  # (B, K, 2), a 3D model's projected centres
+            centers = (detections["centers"] - shift[..., :2]) / scale[..., :2]
+            detections["centers"] = tf.where(keep[..., None], centers, 0.0)
         return detections
 
     return detect_encoded

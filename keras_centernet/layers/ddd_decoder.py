@@ -145,7 +145,9 @@ def _ray_angle(u, calibration, like):
     if len(calibration.shape) == 3:
         extra = len(ops.convert_to_tensor(like).shape) - 1
         calibration = ops.reshape(calibration, (-1,) + (1,) * extra + (3, 4))
-    return ops.arctan2(u - calibration[..., 0, 2], calibration[..., 0, 0])
+    across = u - calibration[..., 0, 2]
+    # Both arguments of one shape: TFLite's ATAN2 does not broadcast.
+    return ops.arctan2(across, calibration[..., 0, 0] + ops.zeros_like(across))
 
 
 def box_3d_corners(dimensions, location, rotation_y):

@@ -15,12 +15,13 @@ def run_tflite(path, images):
     return {key: np.concatenate([o[key] for o in outputs]) for key in DETECTION_KEYS}
 
 
-def run_onnx(path, images):
+def run_onnx(path, images, **other_inputs):
+    """Outputs of an ONNX model by name, fed `images` (and e.g. a 3D model's `calibration`)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
-    return dict(zip(names, session.run(None, {"images": images})))
+    return dict(zip(names, session.run(None, {"images": images, **other_inputs})))
 
 
 def match_detections(actual, expected, score_atol, box_atol, min_matched=0.6):
@@ -100,7 +101,7 @@ def scale_head_outputs(model, images, spreads):
         conv.bias.assign(np.full(conv.bias.shape, mean, np.float32))
 
 
-def assert_values_follow_detections(actual, expected, key, atol, per_image=None):
+def assert_values_follow_detections(actual, expected, key, atol, per_image=None, rtol=0.0):
     """Each expected detection's `key` values (embeddings, joints) equal those of its match in `actual`.
 
     Detections are paired by box and score (the artifact may order ties
@@ -112,4 +113,4 @@ def assert_values_follow_detections(actual, expected, key, atol, per_image=None)
         for k in np.argsort(-expected["scores"][b], kind="stable")[:count]:
             j = np.argmin(np.abs(actual["boxes"][b] - expected["boxes"][b, k]).max(-1)
                           + np.abs(actual["scores"][b] - expected["scores"][b, k]))
-            np.testing.assert_allclose(actual[key][b, j], expected[key][b, k], atol=atol)
+            np.testing.assert_allclose(actual[key][b, j], expected[key][b, k], atol=atol, rtol=rtol)
