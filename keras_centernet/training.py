@@ -19,6 +19,17 @@ _OFFICIAL_RATES = {"hourglass": (2.5e-4, 24), "default": (5e-4, 128)}
 def default_learning_rate(preset, batch_size):
     """The official Adam learning rate of `preset`, scaled linearly to `batch_size`.
 
+    The official rates: 5e-4 for batch 128 (ResNet and DLA) and 2.5e-4 for
+    batch 24 (Hourglass-104).
+
+    Args:
+        preset: str. A preset name; names starting with `hourglass` take the
+            Hourglass rate.
+        batch_size: int.
+
+    Returns:
+        float.
+
     Example:
 
     >>> default_learning_rate("dla34", 32)
@@ -103,6 +114,10 @@ def training_callbacks(output_dir, monitor="loss", mode="min", evaluation=None, 
 
     Returns:
         list of `keras.callbacks.Callback`.
+
+    Example:
+
+    >>> model.fit(train_ds, epochs=140, callbacks=training_callbacks("runs/dla34"))
     """
     os.makedirs(output_dir, exist_ok=True)
     callbacks = []

@@ -6,7 +6,19 @@ import numpy as np
 
 
 def class_colors(num_classes):
-    """`num_classes` distinct RGB colours (evenly spaced hues)."""
+    """`num_classes` distinct RGB colours (evenly spaced hues), one per class for drawing.
+
+    Args:
+        num_classes: int.
+
+    Returns:
+        list of `(r, g, b)` int tuples, 0..255.
+
+    Example:
+
+    >>> class_colors(2)
+    [(255, 38, 38), (38, 255, 255)]
+    """
     return [
         tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(num_classes, 1), 0.85, 1.0))
         for i in range(num_classes)
@@ -73,7 +85,20 @@ def draw_detections(
 
 
 def image_grid(images, columns=4):
-    """Tiles equally sized `(H, W, 3)` uint8 images into one picture."""
+    """Tiles equally sized `(H, W, 3)` uint8 images into one picture, row by row.
+
+    Args:
+        images: list of `(H, W, 3)` arrays (cast to uint8).
+        columns: int. Images per row. Defaults to 4.
+
+    Returns:
+        uint8 array `(rows * H, min(columns, N) * W, 3)`; empty cells white.
+
+    Example:
+
+    >>> image_grid([np.zeros((8, 8, 3))] * 5, columns=4).shape
+    (16, 32, 3)
+    """
     images = [np.asarray(image, np.uint8) for image in images]
     if not images:
         raise ValueError("No images to tile.")
@@ -87,7 +112,16 @@ def image_grid(images, columns=4):
 
 
 def save_image(path, image):
-    """Writes an RGB uint8 image as PNG or JPEG (by extension)."""
+    """Writes an RGB uint8 image as PNG or JPEG (by the extension of `path`).
+
+    Args:
+        path: str, ending in `.png`, `.jpg` or `.jpeg`.
+        image: `(H, W, 3)` array (cast to uint8).
+
+    Example:
+
+    >>> save_image("detections.png", draw_detections(image, boxes, scores, labels))
+    """
     from PIL import Image
 
     Image.fromarray(np.asarray(image, np.uint8)).save(path)
