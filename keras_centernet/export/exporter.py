@@ -288,18 +288,20 @@ def _export_tflite(model, path, input_size, batch_size, quantization,
     # LiteRT export: the converter freezes the variables and keeps the
     # signature's input and output names.
     with tempfile.TemporaryDirectory() as folder:
-        endpoints = {
-            name: (detection_function(model) if name == "serving_default" else function, specs)
-            for name, (function, specs) in _detection_endpoints(model, input_size, batch_size).items()
-        }
-        if "serving_calibrated" in endpoints:  # its shape check has no built-in TFLite op
+        # The fixed input shape needs no in-graph check (and Assert is no built-in op).
+        image_spec = _image_spec(input_size, batch_size)
+        endpoints = {"serving_default": (detection_function(model), [image_spec])}
+        if takes_calibration(model):
             endpoints["serving_calibrated"] = (
-                detection_function(model, with_calibration=True), endpoints["serving_calibrated"][1]
+                detection_function(model, with_calibration=True),
+                [image_spec, _calibration_spec(batch_size)],
             )
         _write_saved_model(model, folder, endpoints)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=list(endpoints))
+        camera = (np.tile(np.asarray(model.calibration, np.float32)[None], (batch_size, 1, 1))
+                  if takes_calibration(model) else None)
         flat_buffer = _convert(converter, quantization, representative_dataset, input_size,
-                               batch_size, num_calibration_images)
+                               batch_size, num_calibration_images, camera)
     flex = [name for name in tflite_op_names(flat_buffer) if name.startswith("Flex")]
     if flex:
         raise RuntimeError(f"The TFLite model needs Flex ops {flex}: not built-in only.")
@@ -308,7 +310,7 @@ def _export_tflite(model, path, input_size, batch_size, quantization,
 
 
 def _convert(converter, quantization, representative_dataset, input_size, batch_size,
-             num_calibration_images):
+             num_calibration_images, camera=None):
     # Built-in ops only: a graph that needs a Flex (TensorFlow) op fails here.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "float16":
@@ -324,7 +326,15 @@ def _convert(converter, quantization, representative_dataset, input_size, batch_
         images = list(_calibration_batches(
             representative_dataset, input_size, batch_size, num_calibration_images
         ))
-        converter.representative_dataset = lambda: ([batch] for batch in images)
+        if camera is None:
+            converter.representative_dataset = lambda: ([batch] for batch in images)
+        else:  # two signatures: the calibrator needs samples of each, by name
+            converter.representative_dataset = lambda: (
+                sample for batch in images for sample in (
+                    ("serving_default", {"images": batch}),
+                    ("serving_calibrated", {"images": batch, "calibration": camera}),
+                )
+            )
     return converter.convert()
 
 

@@ -139,3 +139,19 @@ def test_tflite_both_signatures_with_builtin_ops(exported):
 def test_onnx_takes_the_calibration(exported):
     _, images, calibration, _, expected_calibrated, paths = exported
     check(run_onnx(paths["onnx"], images, calibration=calibration), expected_calibrated)
+
+
+def test_tflite_int8_calibrates_both_signatures(exported, tmp_path):
+    # The calibrator of a two-signature model needs samples named by signature.
+    model, images, calibration, _, _, _ = exported
+    path = kc.export.export_model(model, str(tmp_path), format="tflite", input_size=INPUT_SIZE,
+                                  quantization="int8", num_calibration_images=2)
+    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=2)
+    assert set(interpreter.get_signature_list()) == {"serving_default", "serving_calibrated"}
+    detections = interpreter.get_signature_runner("serving_calibrated")(
+        images=images[:1], calibration=calibration[:1]
+    )
+    assert set(detections) == KEYS
+    assert detections["locations"].shape == (1, MAX_DETECTIONS, 3)
+    assert all(np.isfinite(value).all() for value in detections.values())
+    assert ((detections["labels"] >= -1) & (detections["labels"] < model.num_classes)).all()
