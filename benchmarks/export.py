@@ -21,6 +21,12 @@ TFLite float32 / float16 / int8, ONNX run by ONNX Runtime), each measured for
     python benchmarks/export.py                          # writes benchmarks/results/export.md
     python benchmarks/export.py --presets resnet18_dcn   # one preset
     python benchmarks/export.py --model trained.keras    # a trained model (AP meaningful)
+    python benchmarks/export.py --presets resnet18_small --model saved_models/demo80/model.keras \
+        --size 128 --num-images 128 --demo-data \
+        --output benchmarks/results/export_trained.md   # the demo's model on its held-out images
+
+With `--model`, int8 is calibrated on other images of the same synthetic
+distribution (seed 0, the demo's training seed) than those evaluated.
 
 Cases run in worker processes with a time limit each (`benchmarks/common.py`),
 and the table is rewritten after every case. Artifacts go to
@@ -48,6 +54,8 @@ EXPORT_ARGS = {
     "onnx": ("onnx", None),
 }
 THREADS = 2
+# The synthetic images of `centernet demo` (keras_centernet/cli.py's demo defaults).
+DEMO_SHAPES = {"class_colors": True, "object_size": (48, 360), "objects_per_image": (1, 6)}
 
 
 def _size_bytes(path):
@@ -147,8 +155,14 @@ def worker(cases, args):
             models[preset] = model
         model = models[preset]
         size = (args.size, args.size)
+        # `centernet demo`'s held-out images (its defaults, seed 1) or the default set.
+        shapes = DEMO_SHAPES if args.demo_data else {}
         dataset = kc.data.synthetic(num_images=args.num_images, image_size=size, batch_size=1,
-                                    training=False, seed=11)
+                                    training=False, seed=1 if args.demo_data else args.seed, **shapes)
+        calibration = None
+        if args.model:  # the trained model's image distribution, other images
+            calibration = kc.data.synthetic(num_images=args.calibration_images, image_size=size,
+                                            batch_size=1, training=False, seed=0, **shapes)
         if not args.model and not args.raw_heads and not getattr(model, "strengthened", False):
             strengthen_heads(model, next(iter(dataset))[0].numpy())
             model.strengthened = True
@@ -162,7 +176,7 @@ def worker(cases, args):
             format, quantization = EXPORT_ARGS[artifact]
             target = os.path.join(folder, "saved_model") if format == "saved_model" else folder
             path = kc.export.export_model(model, target, format=format, input_size=size,
-                                          quantization=quantization,
+                                          quantization=quantization, representative_dataset=calibration,
                                           num_calibration_images=args.calibration_images)
         export_s = time.perf_counter() - started
         runner = Runner(artifact, path, model)
@@ -204,45 +218,52 @@ def write_table(results, args, path):
             preset, artifact, common.fmt(r["size_mb"]), common.fmt(r["latency_ms"], 0),
             common.fmt(r["export_s"], 0), common.fmt(r["ap"], 3), common.fmt(r["ap50"], 3),
             common.fmt(100 * r["found"], 0), f"{r['score_gap']:.1e}",
-            "raw" if r.get("raw_heads") else "scaled", note,
+            "trained" if args.model else ("raw" if r.get("raw_heads") else "scaled"), note,
         ])
     weights = f"trained model `{args.model}`" if args.model else "random weights (AP ~ 0: read the agreement)"
     lines = [
         "# Export formats: size, CPU latency, agreement with Keras",
         "",
         f"`python benchmarks/export.py` at {args.size} px, batch 1, {THREADS} threads, {weights}; "
-        f"{args.num_images} synthetic images (`kc.data.synthetic`, evaluation mode, seed 11); "
+        f"{args.num_images} synthetic images (`kc.data.synthetic`, evaluation mode, "
+        f"{'the held-out images of `centernet demo`: seed 1, ' + str(DEMO_SHAPES) if args.demo_data else f'seed {args.seed}'}); "
         f"latency: median of {args.repeats} calls after 2 warm-ups, decoding included.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-        "**shared with two other engineers' jobs while it ran**: latencies are rough (they "
-        "vary by 2x between runs) and the export times more so.",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        "often shared with other jobs: latencies are rough (they vary by 2x between runs) and "
+        "the export times more so.",
         "",
     ]
     lines += common.table(
         ["preset", "artifact", "size MiB", "latency ms", "export s", "AP", "AP50",
-         "Keras top-10 found %", "max score gap", "random heads", "ops"],
+         "Keras top-10 found %", "max score gap", "heads", "ops"],
         rows,
     )
     lines += [
         "",
         "`Keras top-10 found %`: of Keras' 10 best detections per image, the share the artifact "
         "also returns (same label, box within 1 px). `max score gap`: the largest difference of "
-        "the sorted scores (rank by rank). Keras' size is the `.keras` file. `random heads`: "
-        "`scaled` (outputs scaled to vary as a trained model's, see the docstring) or `raw` "
-        "(as initialised: near-constant maps, so the agreement columns say little).",
-        "",
-        "Reading it: float32 TFLite, ONNX and the SavedModel give Keras' detections (scores within "
-        "4e-6); float16 moves scores by 1e-3 to 1e-2. int8 files are 4x smaller, but int8 does not "
-        "keep the random models' detections: their features vary across an image by a "
-        "small fraction of their range, below int8's step, and the scaled heads amplify the rounding "
-        "(in tests/export a hand-set model with real signal keeps every object in int8, IoU >= 0.8). "
-        "The AP of random weights is 0 for every artifact; pass `--model trained.keras` for a "
-        "meaningful AP column. Rows with `raw` heads come from an earlier run, before the heads were "
-        "scaled; there hourglass104's ONNX conversion was killed (memory of the shared machine, the "
-        "worker holding the model and its other artifacts) and was not retried.",
+        "the sorted scores (rank by rank). Keras' size is the `.keras` file. `heads`: `trained`, "
+        "or for random weights `scaled` (outputs scaled to vary as a trained model's, see the "
+        "docstring) or `raw` (as initialised: near-constant maps, so the agreement columns say "
+        "little).",
         "",
     ]
+    if args.note:
+        lines += [args.note, ""]
+    if not args.model:
+        lines += [
+            "Reading it: float32 TFLite, ONNX and the SavedModel give Keras' detections (scores within "
+            "4e-6); float16 moves scores by 1e-3 to 1e-2. int8 files are 4x smaller, but int8 does not "
+            "keep the random models' detections: their features vary across an image by a "
+            "small fraction of their range, below int8's step, and the scaled heads amplify the rounding "
+            "(in tests/export a hand-set model with real signal keeps every object in int8, IoU >= 0.8). "
+            "The AP of random weights is 0 for every artifact; pass `--model trained.keras` for a "
+            "meaningful AP column. Rows with `raw` heads come from an earlier run, before the heads were "
+            "scaled; there hourglass104's ONNX conversion was killed (memory of the shared machine, the "
+            "worker holding the model and its other artifacts) and was not retried.",
+            "",
+        ]
     common.write_text(path, "\n".join(lines))
 
 
@@ -253,6 +274,10 @@ def main():
     parser.add_argument("--model", default=None, help="a trained .keras model (one preset name then)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--num-images", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=11, help="seed of the evaluated synthetic images")
+    parser.add_argument("--demo-data", action="store_true",
+                        help="evaluate on the held-out synthetic images of `centernet demo`")
+    parser.add_argument("--note", default=None, help="a paragraph added under the table")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calibration-images", type=int, default=16, help="int8 calibration images")
     parser.add_argument("--raw-heads", action="store_true",
@@ -273,7 +298,9 @@ def main():
     results = {case: {"error": "not run yet"} for case in cases}
     command = [sys.executable, os.path.abspath(__file__), "--worker", "--size", str(args.size),
                "--num-images", str(args.num_images), "--repeats", str(args.repeats),
-               "--calibration-images", str(args.calibration_images)]
+               "--calibration-images", str(args.calibration_images), "--seed", str(args.seed)]
+    if args.demo_data:
+        command += ["--demo-data"]
     if args.model:
         command += ["--model", args.model]
     if args.raw_heads:
