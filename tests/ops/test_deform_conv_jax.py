@@ -2,7 +2,8 @@
 
 Off GPU the kernels run in the Pallas interpreter, so these tests check the
 kernels' indexing and arithmetic on the CPU; the GPU run of
-`benchmarks/dcn_kernel.py` repeats the comparisons on the compiled kernels.
+`benchmarks/deform_conv.py` repeats the comparisons on the compiled kernels
+(its "Agreement of `fused` with the reference" table).
 """
 
 import keras
