@@ -30,6 +30,14 @@ KITTI_CLASSES = ("Pedestrian", "Car", "Cyclist")
 # official loader drops or ignores them (it draws Van, Truck, Person_sitting and
 # DontCare as ignore regions of near-zero loss weight, which is not reproduced here).
 KITTI_TYPES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc", "DontCare")
+# Category ids of the official COCO-format KITTI annotations
+# (`tools/kitti/convert_kitti_to_coco.py`: `cat_ids = {cat: i + 1}` in this
+# order), so result files and COCO-style evaluation agree with theirs.
+KITTI_CATEGORY_IDS = {
+    name: i + 1 for i, name in enumerate(
+        ("Pedestrian", "Car", "Cyclist", "Van", "Truck", "Person_sitting", "Tram", "Misc", "DontCare")
+    )
+}
 # The official input size for KITTI (`opts.py`: 384 x 1280).
 KITTI_INPUT_SIZE = (384, 1280)
 
@@ -294,7 +302,7 @@ def kitti(
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
     info = DatasetInfo(
-        list(class_names), [KITTI_TYPES.index(name) + 1 for name in class_names],
+        list(class_names), [KITTI_CATEGORY_IDS[name] for name in class_names],
         num_examples=len(paths), source=folder,
     )
     return attach_info(dataset, info)

@@ -215,6 +215,8 @@ def test_kitti_batches_are_the_written_objects_in_input_pixels(tmp_path):
     root = write_kitti_folder(tmp_path)
     ds = kc.data.kitti(root, image_size=INPUT, batch_size=3, training=False, max_objects=4)
     assert ds.class_names == ["Pedestrian", "Car", "Cyclist"] and ds.num_classes == 3
+    # The official converter's ids (Pedestrian 1, Car 2, Cyclist 3, then Van 4 ...).
+    assert ds.category_ids == [1, 2, 3]
     assert ds.info.num_examples == 3
     ((images, y),) = _all(ds)
     assert images.shape == (3, 64, 192, 3) and images.dtype == np.float32
@@ -280,6 +282,7 @@ def test_kitti_options(tmp_path):
     ds = kc.data.kitti(root, image_size=INPUT, batch_size=1, training=False, max_objects=3,
                        image_ids=["000000"], class_names=("Van", "Car"))
     assert ds.class_names == ["Van", "Car"] and ds.info.num_examples == 1
+    assert ds.category_ids == [4, 2]
     ((_, y),) = _all(ds)
     np.testing.assert_array_equal(y["labels"], [[1, 0, -1]])
     np.testing.assert_allclose(y["boxes"][0, :2], [[50, 20, 90, 50], [100, 15, 130, 40]])
