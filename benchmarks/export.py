@@ -54,8 +54,6 @@ EXPORT_ARGS = {
     "onnx": ("onnx", None),
 }
 THREADS = 2
-# The synthetic images of `centernet demo` (keras_centernet/cli.py's demo defaults).
-DEMO_SHAPES = {"class_colors": True, "object_size": (48, 360), "objects_per_image": (1, 6)}
 
 
 def _size_bytes(path):
@@ -140,6 +138,7 @@ def worker(cases, args):
     import numpy as np
 
     import keras_centernet as kc
+    from keras_centernet.cli import DEMO_SYNTHETIC
 
     models, references = {}, {}
     for case in cases:
@@ -156,7 +155,7 @@ def worker(cases, args):
         model = models[preset]
         size = (args.size, args.size)
         # `centernet demo`'s held-out images (its defaults, seed 1) or the default set.
-        shapes = DEMO_SHAPES if args.demo_data else {}
+        shapes = DEMO_SYNTHETIC if args.demo_data else {}
         dataset = kc.data.synthetic(num_images=args.num_images, image_size=size, batch_size=1,
                                     training=False, seed=1 if args.demo_data else args.seed, **shapes)
         calibration = None
@@ -199,6 +198,8 @@ def worker(cases, args):
 
 
 def write_table(results, args, path):
+    from keras_centernet.cli import DEMO_SYNTHETIC
+
     presets = list(dict.fromkeys([*args.presets, "resnet18_dcn", "dla34", "hourglass104"]))
 
     def order(case):
@@ -226,7 +227,7 @@ def write_table(results, args, path):
         "",
         f"`python benchmarks/export.py` at {args.size} px, batch 1, {THREADS} threads, {weights}; "
         f"{args.num_images} synthetic images (`kc.data.synthetic`, evaluation mode, "
-        f"{'the held-out images of `centernet demo`: seed 1, ' + str(DEMO_SHAPES) if args.demo_data else f'seed {args.seed}'}); "
+        f"{'the held-out images of `centernet demo`: seed 1, ' + str(DEMO_SYNTHETIC) if args.demo_data else f'seed {args.seed}'}); "
         f"latency: median of {args.repeats} calls after 2 warm-ups, decoding included.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "

@@ -21,6 +21,9 @@ import time
 logger = logging.getLogger("keras_centernet")
 
 OFFICIAL_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+# The synthetic images `centernet demo` trains and evaluates on (`kc.data.synthetic`
+# arguments; benchmarks/export.py scores exports of the demo model on them).
+DEMO_SYNTHETIC = {"class_colors": True, "object_size": (48, 360), "objects_per_image": (1, 6)}
 
 
 def _set_backend(backend, argv):
@@ -525,8 +528,10 @@ def build_parser():
     # clamp leaves some centres without gradient: AP50 0.21 against 0.49).
     demo.set_defaults(func=run_demo, image_size=128, batch_size=16, num_images=512,
                       num_val_images=128, schedule="cosine", learning_rate=1e-3,
-                      warmup_epochs=3.0, augment_on="accelerator", class_colors=True,
-                      object_size="48,360", objects_per_image="1,6",
+                      warmup_epochs=3.0, augment_on="accelerator",
+                      class_colors=DEMO_SYNTHETIC["class_colors"],
+                      object_size="%g,%g" % DEMO_SYNTHETIC["object_size"],
+                      objects_per_image="%d,%d" % DEMO_SYNTHETIC["objects_per_image"],
                       focal_clamp_gradient="straight_through",
                       output_dir=os.path.join("saved_models", "demo"), resume=True, verbose=2)
 

@@ -233,20 +233,22 @@ def _calibration_spec(batch_size):
     return tf.TensorSpec((batch_size, 3, 4), tf.float32, name="calibration")
 
 
-def _detection_endpoints(model, input_size, batch_size):
-    """`serving_default` (and a 3D model's `serving_calibrated`): name -> (function, specs)."""
+def _detection_endpoints(model, input_size, batch_size, checked=True):
+    """`serving_default` (and a 3D model's `serving_calibrated`): name -> (function, specs).
+
+    With `checked`, the inputs' shapes are checked in the graph (a SavedModel
+    signature does not check them); a fixed-shape TFLite or ONNX model
+    checks them itself (and TFLite has no built-in Assert).
+    """
     image_spec = _image_spec(input_size, batch_size)
-    endpoints = {
-        "serving_default": (
-            with_input_check(detection_function(model), input_size, model.size_divisor,
-                             "serving_default"),
-            [image_spec],
-        )
-    }
+    detect = detection_function(model)
+    if checked:
+        detect = with_input_check(detect, input_size, model.size_divisor, "serving_default")
+    endpoints = {"serving_default": (detect, [image_spec])}
     if takes_calibration(model):
-        endpoints["serving_calibrated"] = (
-            calibrated_function(model, input_size), [image_spec, _calibration_spec(batch_size)],
-        )
+        calibrated = (calibrated_function(model, input_size) if checked
+                      else detection_function(model, with_calibration=True))
+        endpoints["serving_calibrated"] = (calibrated, [image_spec, _calibration_spec(batch_size)])
     return endpoints
 
 
@@ -288,18 +290,11 @@ def _export_tflite(model, path, input_size, batch_size, quantization,
     # LiteRT export: the converter freezes the variables and keeps the
     # signature's input and output names.
     with tempfile.TemporaryDirectory() as folder:
-        # The fixed input shape needs no in-graph check (and Assert is no built-in op).
-        image_spec = _image_spec(input_size, batch_size)
-        endpoints = {"serving_default": (detection_function(model), [image_spec])}
-        if takes_calibration(model):
-            endpoints["serving_calibrated"] = (
-                detection_function(model, with_calibration=True),
-                [image_spec, _calibration_spec(batch_size)],
-            )
+        endpoints = _detection_endpoints(model, input_size, batch_size, checked=False)
         _write_saved_model(model, folder, endpoints)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=list(endpoints))
         camera = (np.tile(np.asarray(model.calibration, np.float32)[None], (batch_size, 1, 1))
-                  if takes_calibration(model) else None)
+                  if "serving_calibrated" in endpoints else None)
         flat_buffer = _convert(converter, quantization, representative_dataset, input_size,
                                batch_size, num_calibration_images, camera)
     flex = [name for name in tflite_op_names(flat_buffer) if name.startswith("Flex")]
@@ -407,14 +402,10 @@ def _export_onnx(model, path, input_size, batch_size, opset):
         ) from error
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
-    specs = [_image_spec(input_size, batch_size)]
-    if takes_calibration(model):  # inputs `images` and `calibration`
-        specs.append(_calibration_spec(batch_size))
-        detect = detection_function(model, with_calibration=True)
-    else:
-        detect = detection_function(model)
-    if input_size is None:
-        detect = with_input_check(detect, None, model.size_divisor, "images")
+    # One graph: a 3D model's takes `images` and `calibration`. A dynamic
+    # input size is checked in the graph; a fixed one by ONNX Runtime.
+    endpoints = _detection_endpoints(model, input_size, batch_size, checked=input_size is None)
+    detect, specs = endpoints.get("serving_calibrated", endpoints["serving_default"])
     function = tf.function(detect, autograph=False)
     # tf2onnx still uses NumPy 1 names; Keras' own ONNX export patches them the same way.
     patch_tf2onnx()

@@ -10,10 +10,6 @@ from keras_centernet.data.augment import warp_affine
 from keras_centernet.data.decode import decode_image
 
 DETECTION_KEYS = ("boxes", "scores", "labels", "num_detections")
-# Per-detection values beyond the boxes: a `reid` head's embeddings, a pose
-# model's joints, a 3D model's objects (`decode_3d_detections`).
-EXTRA_KEYS = ("embeddings", "keypoints")
-OBJECT_3D_KEYS = ("alpha", "depth", "dimensions", "locations", "rotation_y", "centers")
 
 
 def takes_calibration(model):
@@ -26,11 +22,12 @@ def takes_calibration(model):
 def detection_function(model, with_calibration=False):
     """`images (B, H, W, 3) float32 0..255 -> DESIGN.md's detection dict`, as `model.predict`.
 
-    With it, the per-detection extras a model's `detect` returns: `embeddings`
-    `(B, K, D)` of a re-identification head, `keypoints` `(B, K, J, 2)` of a
-    `CenterNetPose` (input pixels), and a `CenterNet3D`'s `alpha`, `depth`,
-    `dimensions` `(B, K, 3)`, `locations` `(B, K, 3)`, `rotation_y` and
-    `centers` `(B, K, 2)`. With `with_calibration` (3D models), the function
+    With it, as float32, every per-detection value a model's `detect` returns
+    beyond those: `embeddings` `(B, K, D)` of a re-identification head,
+    `keypoints` `(B, K, J, 2)` of a `CenterNetPose` (input pixels), a
+    `CenterNet3D`'s `alpha`, `depth`, `dimensions` `(B, K, 3)`, `locations`
+    `(B, K, 3)`, `rotation_y` and `centers` `(B, K, 2)`. With
+    `with_calibration` (3D models), the function
     takes `(images, calibration)`, `calibration` `(B, 3, 4)` the camera
     projection in input pixels; without, a 3D model uses its stored
     `model.calibration`.
@@ -47,9 +44,9 @@ def detection_function(model, with_calibration=False):
             "labels": tf.cast(detections["labels"], tf.int32),
             "num_detections": tf.cast(detections["num_detections"], tf.int32),
         }
-        for key in EXTRA_KEYS + OBJECT_3D_KEYS:  # `reid` heads, pose and 3D models
-            if key in detections:
-                outputs[key] = tf.cast(detections[key], tf.float32)
+        for key, value in detections.items():  # `reid` heads, pose and 3D models
+            if key not in outputs:
+                outputs[key] = tf.cast(value, tf.float32)
         return outputs
 
     return detect
@@ -59,11 +56,10 @@ def calibrated_function(model, input_size):
     """`(images, calibration) -> detections`: a 3D model's detection with a camera per image.
 
     `calibration` `(B, 3, 4)` float32 is the projection in the input
-    images' pixels; the images are checked as `with_input_check` does.
+    images' pixels; its shape is checked in the graph, and the images' as
+    `with_input_check` does.
     """
     detect = detection_function(model, with_calibration=True)
-    check = with_input_check(lambda images: images, input_size, model.size_divisor,
-                             "serving_calibrated")
 
     def detect_calibrated(images, calibration):
         shape = tf.shape(calibration)
@@ -75,9 +71,9 @@ def calibrated_function(model, input_size):
                    "one projection per image; received shape", shape]
         with tf.control_dependencies([tf.debugging.Assert(ok, message)]):
             calibration = tf.identity(calibration)
-        return detect(check(images), calibration)
+        return detect(images, calibration)
 
-    return detect_calibrated
+    return with_input_check(detect_calibrated, input_size, model.size_divisor, "serving_calibrated")
 
 
 def with_input_check(function, input_size, divisor, name):

@@ -5,6 +5,39 @@ import numpy as np
 DETECTION_KEYS = ("boxes", "scores", "labels", "num_detections")
 
 
+def tiny_resnet_parts():
+    """`backbone` and `neck` of the small network the pose and 3D export tests build.
+
+    A width-4 ResNet-18 and a plain (DCN-free) up-convolution neck: pass as
+    `CenterNetX(**tiny_resnet_parts(), ...)` after seeding.
+    """
+    import keras_centernet as kc
+
+    return {
+        "backbone": kc.backbones.ResNetBackbone(depth=18, width=4),
+        "neck": kc.necks.UpConvNeck(filters=(8, 8, 8), use_dcn=False),
+    }
+
+
+def letterboxed_strip(image):
+    """Rows 16-47 of a 64x64 `image` as PNG bytes, and the 64x64 canvas the letterbox makes of them.
+
+    The encoded-image signature letterboxes the 32x64 PNG into 64x64 at
+    scale 1, pasted at y = 16: detections on the returned canvas `(1, 64,
+    64, 3)`, moved up 16 px, are those of the PNG in its own pixels.
+    """
+    import io
+
+    from PIL import Image
+
+    strip = np.asarray(image[16:48]).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(strip).save(buffer, "PNG")
+    canvas = np.zeros((1,) + image.shape, np.float32)
+    canvas[0, 16:48] = strip
+    return buffer.getvalue(), canvas
+
+
 def run_tflite(path, images):
     """Detections of a TFLite model (batch 1) over `images`, one image at a time."""
     import tensorflow as tf

@@ -9,19 +9,18 @@ encoded-image signature takes the stored calibration as the original image's
 camera and maps boxes and centres back to its pixels.
 """
 
-import io
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 import keras_centernet as kc
 from tests.export.detections import assert_values_follow_detections
+from tests.export.detections import letterboxed_strip
 from tests.export.detections import match_detections
 from tests.export.detections import run_onnx
 from tests.export.detections import scale_head_outputs
+from tests.export.detections import tiny_resnet_parts
 from tests.test_case import to_numpy
 
 INPUT_SIZE = (64, 64)
@@ -38,9 +37,8 @@ CAMERA_B = np.array([[90.0, 0.0, 30.0, 4.5], [0.0, 90.0, 34.0, 0.2], [0.0, 0.0, 
 def exported(tmp_path_factory):
     keras.utils.set_random_seed(0)
     model = kc.CenterNet3D(
-        kc.backbones.ResNetBackbone(depth=18, width=4),
-        neck=kc.necks.UpConvNeck(filters=(8, 8, 8), use_dcn=False),
-        head_channels=8, max_detections=MAX_DETECTIONS, calibration=CAMERA_A.tolist(),
+        **tiny_resnet_parts(), head_channels=8, max_detections=MAX_DETECTIONS,
+        calibration=CAMERA_A.tolist(),
     )
     rng = np.random.default_rng(5)
     images = rng.uniform(0, 255, (2,) + INPUT_SIZE + (3,)).astype("float32")
@@ -102,11 +100,7 @@ def test_saved_model_encoded_images_use_the_original_camera(exported):
     model, images, _, _, _, paths = exported
     # A 32x64 PNG letterboxed into 64x64 at scale 1: pasted at y = 16, so the
     # input camera is the original one moved down 16 px (P_input = A @ P).
-    wide = images[0, 16:48].astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(wide).save(buffer, "PNG")
-    canvas = np.zeros((1,) + INPUT_SIZE + (3,), np.float32)
-    canvas[0, 16:48] = wide
+    png, canvas = letterboxed_strip(images[0])
     letterbox = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 16.0], [0.0, 0.0, 1.0]], np.float32)
     expected = to_numpy(model.predict(
         {"images": canvas, "calibration": (letterbox @ CAMERA_A)[None]}, verbose=0
@@ -116,7 +110,7 @@ def test_saved_model_encoded_images_use_the_original_camera(exported):
     expected["boxes"][0, :count] -= np.array([0, 16, 0, 16], np.float32)
     expected["centers"][0, :count] -= np.array([0, 16], np.float32)
     loaded = tf.saved_model.load(paths["saved_model"])
-    detections = to_numpy(loaded.signatures["serving_encoded_images"](encoded=tf.constant([buffer.getvalue()])))
+    detections = to_numpy(loaded.signatures["serving_encoded_images"](encoded=tf.constant([png])))
     check({k: np.concatenate([v, v]) for k, v in detections.items()},
           {k: np.concatenate([v, v]) for k, v in expected.items()})
 

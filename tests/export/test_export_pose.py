@@ -6,19 +6,18 @@ boxes and joints), and the encoded-image signature maps them back to the
 original image's pixels with the boxes.
 """
 
-import io
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 import keras_centernet as kc
 from tests.export.detections import assert_values_follow_detections
+from tests.export.detections import letterboxed_strip
 from tests.export.detections import match_detections
 from tests.export.detections import run_onnx
 from tests.export.detections import scale_head_outputs
+from tests.export.detections import tiny_resnet_parts
 from tests.test_case import to_numpy
 
 INPUT_SIZE = (64, 64)
@@ -30,9 +29,7 @@ KEYS = {"boxes", "scores", "labels", "num_detections", "keypoints"}
 def exported(tmp_path_factory):
     keras.utils.set_random_seed(0)
     model = kc.CenterNetPose(
-        kc.backbones.ResNetBackbone(depth=18, width=4),
-        neck=kc.necks.UpConvNeck(filters=(8, 8, 8), use_dcn=False),
-        head_channels=8, max_objects=4, max_detections=MAX_DETECTIONS,
+        **tiny_resnet_parts(), head_channels=8, max_objects=4, max_detections=MAX_DETECTIONS
     )
     rng = np.random.default_rng(3)
     images = rng.uniform(0, 255, (2,) + INPUT_SIZE + (3,)).astype("float32")
@@ -71,17 +68,13 @@ def test_saved_model(exported):
 def test_saved_model_encoded_images_map_joints_back(exported):
     model, images, _, paths = exported
     # A 32x64 PNG letterboxed into 64x64 at scale 1: pasted at y = 16.
-    wide = images[0, 16:48].astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(wide).save(buffer, "PNG")
-    canvas = np.zeros((1,) + INPUT_SIZE + (3,), np.float32)
-    canvas[0, 16:48] = wide
+    png, canvas = letterboxed_strip(images[0])
     expected = to_numpy(model.predict(canvas, verbose=0))
     count = int(expected["num_detections"][0])
     expected["boxes"][0, :count] -= np.array([0, 16, 0, 16], np.float32)
     expected["keypoints"][0, :count] -= np.array([0, 16], np.float32)
     loaded = tf.saved_model.load(paths["saved_model"])
-    detections = to_numpy(loaded.signatures["serving_encoded_images"](encoded=tf.constant([buffer.getvalue()])))
+    detections = to_numpy(loaded.signatures["serving_encoded_images"](encoded=tf.constant([png])))
     doubled = {k: np.concatenate([v, v]) for k, v in detections.items()}
     check(doubled, {k: np.concatenate([v, v]) for k, v in expected.items()})
 
