@@ -1,0 +1,312 @@
+"""Where the GPU time of one training step goes, by kind of kernel (JAX backend).
+
+Issues 5 and 10 ask why a preset trains at the speed it does (Hourglass-104 in
+float32 is 1.5x the official PyTorch figure where the goal is 2x; DLA-34 is
+held down by its deformable convolutions). This script answers from the
+device's own kernel timings instead of guesses:
+
+    KERAS_BACKEND=jax python benchmarks/profile_step.py hourglass104:float32 \\
+        hourglass104:float32:onepass_bn --output $OUT/profile_step.md
+
+A case is `preset:dtype[:variant]`. Each runs in its own worker process: the
+model is compiled as in `training_step.py` (512 px, batch 32, 128 objects,
+80 classes, Adam, targets rendered in the step), the compiled step is run back
+to back for `--steps` steps (wall time per step), then `--profile-steps`
+more steps are traced with `jax.profiler` and every GPU kernel of the trace is
+put in one class by its kernel and HLO names:
+
+- `convolution`: cuDNN/CUTLASS convolution kernels (forward, data and weight
+  gradients), and the GEMMs that XLA makes of 1x1 convolutions;
+- `reduction fusion`: XLA fusions with a reduction (BatchNorm statistics and
+  their gradients, the loss);
+- `elementwise fusion`: other XLA fusions (normalising, activations, the
+  optimizer update, gathers of the deformable convolution);
+- `copy / transpose`, `scatter` and `other`.
+
+Variants (benchmark-only, to measure a change before it goes into the model):
+`onepass_bn` computes the BatchNorm statistics of training as the mean of
+`x` and of `x*x` in one pass (variance `E[x^2] - E[x]^2`) instead of Keras'
+`mean` then `var` (two passes over the activations).
+
+The table gives, per case, the step time, the share of each class and the
+heaviest HLO operations.
+"""
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import common  # noqa: E402
+from training_step import NUM_CLASSES  # noqa: E402
+from training_step import random_objects  # noqa: E402
+
+CLASSES = ("convolution", "reduction fusion", "elementwise fusion", "copy / transpose",
+           "scatter", "other")
+
+
+def kernel_class(kernel, hlo_op):
+    """The class of one GPU kernel from its kernel name and its HLO op name."""
+    name = kernel.lower()
+    op = (hlo_op or "").lower()
+    if any(key in name for key in ("xmma", "cudnn", "implicit_gemm", "fprop", "dgrad", "wgrad",
+                                   "conv", "cutlass", "gemm", "sm90_", "sm80_", "ampere_",
+                                   "cublas")) or any(key in op for key in ("conv", "dot", "gemm",
+                                                                           "cublas")):
+        return "convolution"
+    if "scatter" in name or "scatter" in op:
+        return "scatter"
+    if "reduce" in name or "reduce" in op or "reduction" in name:
+        return "reduction fusion"
+    if "transpose" in name or "copy" in name or "transpose" in op or op.startswith("copy"):
+        return "copy / transpose"
+    if "fusion" in name or "fusion" in op or "loop_" in name or "triton" in name:
+        return "elementwise fusion"
+    return "other"
+
+
+def onepass_batchnorm():
+    """Patches Keras' BatchNormalization to take its training statistics in one pass."""
+    import keras
+    from keras import ops
+
+    def moments(self, inputs, mask):
+        if mask is not None:
+            return original(self, inputs, mask)
+        axes = [i for i in range(len(inputs.shape)) if i != self.axis % len(inputs.shape)]
+        x = ops.cast(inputs, "float32")
+        mean = ops.mean(x, axis=axes)
+        mean_square = ops.mean(ops.square(x), axis=axes)
+        variance = ops.maximum(mean_square - ops.square(mean), 0.0)
+        return ops.cast(mean, inputs.dtype), ops.cast(variance, inputs.dtype)
+
+    original = keras.layers.BatchNormalization._moments
+    keras.layers.BatchNormalization._moments = moments
+
+
+def kernel_events(trace_dir):
+    """(kernel name, HLO op, duration ns) of every GPU kernel in the trace under `trace_dir`."""
+    from jax.profiler import ProfileData
+
+    paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    if not paths:
+        raise RuntimeError(f"no .xplane.pb under {trace_dir}")
+    data = ProfileData.from_file(paths[0])
+    events = []
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        lines = list(plane.lines)
+        # Kernel launches sit on the stream lines; the derived summary lines
+        # ("XLA Ops", "XLA Modules", "Steps") would count them again.
+        streams = [line for line in lines if line.name.startswith("Stream")] or [
+            line for line in lines if line.name not in ("XLA Ops", "XLA Modules", "Steps",
+                                                        "Launch Stats", "Source")]
+        for line in streams:
+            for event in line.events:
+                stats = dict(event.stats)
+                hlo_op = stats.get("hlo_op") or ""
+                events.append((event.name, str(hlo_op), event.duration_ns,
+                               str(stats.get("long_name") or stats.get("tf_op") or "")))
+    return events
+
+
+def hlo_definitions(dump_dir, names):
+    """`name -> its defining line` in XLA's optimised HLO dumps under `dump_dir` (shapes included)."""
+    found = {}
+    wanted = {f"%{name} = ": name for name in names}
+    for path in glob.glob(os.path.join(dump_dir, "*after_optimizations.txt")):
+        with open(path) as file:
+            for line in file:
+                text = line.strip()
+                for prefix, name in wanted.items():
+                    if name not in found and (text.startswith(prefix) or text.startswith("ROOT " + prefix)):
+                        found[name] = text
+    return found
+
+
+def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=None):
+    """Worker side: step time and the kernel-class breakdown of one case."""
+    import jax
+    import keras
+    import numpy as np
+
+    import keras_centernet as kc
+
+    if variant == "onepass_bn":
+        onepass_batchnorm()
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r}")
+    keras.mixed_precision.set_dtype_policy(dtype)
+    model = kc.CenterNet.from_preset(preset, num_classes=NUM_CLASSES)
+    model.compile(optimizer=keras.optimizers.Adam(1.25e-4))
+    rng = np.random.default_rng(0)
+    images = jax.device_put(rng.uniform(0, 255, size=(batch, size, size, 3)).astype("float32"))
+    boxes, labels = random_objects(rng, batch, size)
+    targets = {"boxes": jax.device_put(boxes), "labels": jax.device_put(labels)}
+    started = time.perf_counter()
+    logs = model.train_on_batch(images, targets, return_dict=True)
+    compile_s = time.perf_counter() - started
+    state = model._get_jax_state(
+        trainable_variables=True, non_trainable_variables=True,
+        optimizer_variables=True, metrics_variables=True, purge_model_variables=False,
+    )
+    data = (images, targets, None)
+    for _ in range(3):
+        logs, state = model.train_function(state, iter([data]))
+    jax.block_until_ready(state)
+    started = time.perf_counter()
+    for _ in range(steps):
+        logs, state = model.train_function(state, iter([data]))
+    jax.block_until_ready((logs, state))
+    step_ms = (time.perf_counter() - started) * 1e3 / steps
+
+    trace_dir = tempfile.mkdtemp(prefix="profile_step_")
+    jax.profiler.start_trace(trace_dir)
+    for _ in range(profile_steps):
+        logs, state = model.train_function(state, iter([data]))
+    jax.block_until_ready((logs, state))
+    jax.profiler.stop_trace()
+    events = kernel_events(trace_dir)
+    by_class = collections.Counter()
+    by_op = collections.Counter()
+    by_instance = collections.Counter()
+    op_class = {}
+    long_names = {}
+    for kernel, hlo_op, duration, long_name in events:
+        kind = kernel_class(kernel, hlo_op)
+        by_class[kind] += duration
+        key = re.sub(r"\.\d+$", "", hlo_op) if hlo_op else kernel[:60]
+        by_op[key] += duration
+        op_class[key] = kind
+        instance = hlo_op or kernel[:60]
+        by_instance[instance] += duration
+        op_class[instance] = kind
+        long_names.setdefault(instance, long_name[:400])
+    top = [op for op, _ in by_instance.most_common(25)]
+    definitions = hlo_definitions(dump_dir, top) if dump_dir else {}
+    for op in top:
+        long_names[op] = definitions.get(op, "")[:400] or long_names[op] or op
+    total = sum(by_class.values())
+    return {
+        "batch": batch, "compile_s": compile_s, "step_ms": step_ms, "img_s": batch * 1e3 / step_ms,
+        "kernel_ms_per_step": total / 1e6 / profile_steps, "kernels_per_step": len(events) / profile_steps,
+        "classes": {k: by_class[k] / 1e6 / profile_steps for k in CLASSES},
+        "top_ops": [(op, by_op[op] / 1e6 / profile_steps, op_class[op])
+                    for op, _ in by_op.most_common(12)],
+        "top_instances": [(op, by_instance[op] / 1e6 / profile_steps, op_class[op], long_names[op])
+                          for op, _ in by_instance.most_common(25)],
+        "loss": float(np.asarray(logs["loss"])),
+    }
+
+
+def worker(args):
+    dump_root = None
+    if args.hlo_dump:
+        # XLA's optimised HLO of every module, to name the shapes of the heaviest instructions.
+        dump_root = tempfile.mkdtemp(prefix="profile_step_hlo_")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump_root}"
+                                   " --xla_dump_hlo_as_text").strip()
+    import jax
+
+    common.emit("environment", line=common.environment_line(), platform=jax.devices()[0].platform)
+    for case in args.cases:
+        common.start(case)
+        preset, dtype, *variant = case.split(":")
+        try:
+            values = measure(preset, dtype, variant[0] if variant else "", args.size, args.batch,
+                             args.steps, args.profile_steps, dump_root)
+            common.emit(case, **values)
+        except Exception as error:  # reported in the table, the other cases go on
+            common.emit(case, error=f"{type(error).__name__}: {str(error)[:600]}")
+
+
+def render(results, environment, args):
+    lines = [
+        "# Where a training step's GPU time goes (`benchmarks/profile_step.py`)",
+        "",
+        environment,
+        f"{args.size}x{args.size} input, batch {args.batch}, 128 objects, {NUM_CLASSES} classes, Adam; "
+        f"step = the compiled step back to back ({args.steps} steps); kernel times from a "
+        f"`jax.profiler` trace of {args.profile_steps} more steps, per step. The module "
+        "docstring defines the classes.",
+        "",
+    ]
+    header = ["case", "img/s", "step ms", "kernel ms", *[f"{c} ms (%)" for c in CLASSES]]
+    rows = []
+    for case, r in results.items():
+        if "error" in r:
+            rows.append([case, r["error"]] + [""] * (len(header) - 2))
+            continue
+        total = r["kernel_ms_per_step"] or float("nan")  # no GPU kernels on a CPU run
+        rows.append([case, common.fmt(r["img_s"]), common.fmt(r["step_ms"]), common.fmt(total)]
+                    + [f"{r['classes'][c]:.1f} ({100 * r['classes'][c] / total:.0f}%)" for c in CLASSES])
+    lines += common.table(header, rows)
+    for case, r in results.items():
+        if "error" in r:
+            continue
+        lines += ["", f"Heaviest HLO operations of `{case}` (ms per step):", ""]
+        lines += common.table(["HLO op", "ms", "class"],
+                              [[f"`{op}`", f"{ms:.2f}", kind] for op, ms, kind in r["top_ops"]])
+        if r.get("top_instances"):
+            lines += ["", f"Heaviest single HLO instructions of `{case}` (ms per step; the "
+                      "instruction as the profiler names it, shapes included):", ""]
+            lines += common.table(
+                ["HLO instruction", "ms", "class", "what it is"],
+                [[f"`{op}`", f"{ms:.2f}", kind, "`" + " ".join(text.split()).replace("|", "/")[:300] + "`"]
+                 for op, ms, kind, text in r["top_instances"]])
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cases", nargs="*", default=["hourglass104:float32"])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
+    parser.add_argument("--profile-steps", type=int, default=3, help="traced steps per case")
+    parser.add_argument("--hlo-dump", action="store_true",
+                        help="name the heaviest instructions' shapes from XLA's optimised HLO dump")
+    parser.add_argument("--case-timeout", type=float, default=300.0)
+    parser.add_argument("--budget", type=float, default=1800.0)
+    parser.add_argument("--output", default=os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", "profile_step.md"))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    results = {}
+    environment = "Device: (not reported)"
+
+    def on_result(result):
+        nonlocal environment
+        case = result.pop("case")
+        if case == "environment":
+            environment = result["line"]
+            return
+        results[case] = result
+        print(case, json.dumps(result), flush=True)
+        common.write_text(args.output, render(results, environment, args))
+        common.write_text(os.path.splitext(args.output)[0] + ".json",
+                          json.dumps({"environment": environment, "cases": results}, indent=1))
+
+    command = [sys.executable, os.path.abspath(__file__), "--worker", "--size", str(args.size),
+               "--batch", str(args.batch), "--steps", str(args.steps),
+               "--profile-steps", str(args.profile_steps)] + (["--hlo-dump"] if args.hlo_dump else []) + ["--"]
+    common.run_cases(command, args.cases, args.case_timeout, time.monotonic() + args.budget,
+                     os.path.splitext(args.output)[0] + ".log", on_result, one_worker_per_case=True)
+    print(render(results, environment, args))
+
+
+if __name__ == "__main__":
+    main()
