@@ -21,12 +21,16 @@ comma-separated list that changes the model or batch from the demo's:
 up-convolution channels), `kernels=2-2-2` (their kernel sizes), `head=32`
 (head channels), `batch=16`, `images=1024` (the first N training images),
 `box_head=ltrb`, `iou_loss=diou`, `heatmap_loss=quality_focal`,
-`ltrb_gaussian=1` (CenterNet's options), `hourglass=32-32-48-48-64` (a one-stack
+`ltrb_gaussian=1` (CenterNet's options), `ema=0.99` (Adam's weight EMA with
+this momentum, written into the weights at the end of `fit`), `mixed=1`
+(`mixed_bfloat16`), `hourglass=32-32-48-48-64` (a one-stack
 hourglass of these level widths, one block each, instead of the demo's ResNet) and with it
 `family=triplets` (`CenterNetTriplets` on that hourglass, for a comparison at one budget). Otherwise every case uses the demo's preset,
 128 px input, batch 32, 512 training images, a cosine schedule with 3
 warm-up epochs and Adam. The figures are COCO AP and AP50 of pycocotools on
-the demo's 128 held-out images, as `centernet demo` reports them. Each case
+the demo's 128 held-out images, as `centernet demo` reports them; after
+`fit`, the final weights are scored once more plainly and with the paper's
+flip test. Each case
 prints its curve as it goes, so a case cut off by the time limit still
 reports the points it reached.
 """
@@ -55,7 +59,8 @@ def parse_case(spec):
     for item in (rest[1].split(",") if len(rest) > 1 and rest[1] else []):
         key, _, value = item.partition("=")
         if key not in ("width", "neck", "kernels", "head", "batch", "images", "box_head",
-                       "heatmap_loss", "iou_loss", "ltrb_gaussian", "hourglass", "family"):
+                       "heatmap_loss", "iou_loss", "ltrb_gaussian", "hourglass", "family",
+                       "ema", "mixed"):
             raise SystemExit(f"unknown option {key!r} in {spec}")
         case["options"][key] = value
     case["batch"] = int(case["options"].get("batch", BATCH))
@@ -96,7 +101,7 @@ def build_model(case, data):
         raise SystemExit("`family` needs `hourglass=...`")
     preset = str(data["preset"])
     if not set(options) - {"batch", "images", "box_head", "heatmap_loss", "iou_loss",
-                           "ltrb_gaussian"}:
+                           "ltrb_gaussian", "ema", "mixed"}:
         return kc.CenterNet.from_preset(
             preset, num_classes=int(data["num_classes"]),
             focal_clamp_gradient=case["clamp"], **extra)
@@ -173,12 +178,16 @@ def run_case(spec, data_path):
     boxes, labels = boxes[:, used], labels[:, used]
     if case["augmentation"] == "none":
         images = images[..., :3].astype("float32")  # the canvases hold whole images
+    if case["options"].get("mixed", "0") not in ("0", "false", "False"):
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     model = build_model(case, data)
     batch, epochs = case["batch"], case["epochs"]
     steps = len(images) // batch
     schedule = training.learning_rate_schedule(case["rate"], steps, epochs, schedule="cosine",
                                                warmup_epochs=3.0)
-    model.compile(optimizer=keras.optimizers.Adam(schedule))
+    ema = float(case["options"].get("ema", 0))
+    model.compile(optimizer=keras.optimizers.Adam(
+        schedule, use_ema=ema > 0, ema_momentum=ema or 0.99))
     marks = sorted({max(1, epochs * k // 4) for k in (1, 2, 3, 4)})
     curve = []
     start = time.perf_counter()
@@ -196,6 +205,16 @@ def run_case(spec, data_path):
 
     model.fit(images, {"boxes": boxes, "labels": labels}, batch_size=batch, epochs=epochs,
               shuffle=True, verbose=0, callbacks=[Evaluate()])
+    # After `fit` (which writes an EMA into the weights at its end): the final
+    # weights plain and with the paper's flip test, as `centernet demo` can score.
+    final = {}
+    for flip in (False, True):
+        model.configure_prediction(flip_test=flip)
+        metrics = evaluate(model.predict_on_batch, data)
+        suffix = "_flip" if flip else ""
+        final.update({f"AP{suffix}": round(metrics["AP"], 3), f"AP50{suffix}": round(metrics["AP50"], 3)})
+    print(json.dumps({"case": spec, "curve": curve, "final": final, "params": model.count_params(),
+                      "seconds": round(time.perf_counter() - start)}), flush=True)
 
 
 def evaluate(predict, data):
@@ -242,11 +261,13 @@ def run(data_path, cases, output, timeout, title=None, notes=()):
 
     rows = ["| case | training images | learning rate | epochs | batch (steps) | augmentation | focal clamp | "
             "model | parameters | AP50 at 1/4, 1/2, 3/4, end of run | AP at the last point | "
-            "APs, APm, APl there | loss there | GPU seconds |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "APs, APm, APl there | loss there | after fit: AP / AP50 (EMA weights where used) | "
+            "with flip test | GPU seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         case = parse_case(result["case"])
         curve = result["curve"]
+        final = result.get("final")
         model = ", ".join(f"{k} {v}" for k, v in case["options"].items()
                           if k not in ("batch", "images"))  # with box_head, heatmap_loss
         images = int(case["options"].get("images", num_images))
@@ -259,6 +280,8 @@ def run(data_path, cases, output, timeout, title=None, notes=()):
             + (f"{curve[-1]['AP']:.3f} | " + ", ".join(
                 f"{curve[-1].get(k, float('nan')):.3f}" for k in ("APs", "APm", "APl"))
                + f" | {curve[-1]['loss']:.3f} | " if curve else " | | | ")
+            + (f"{final['AP']:.3f} / {final['AP50']:.3f} | {final['AP_flip']:.3f} / "
+               f"{final['AP50_flip']:.3f} | " if final else " | | ")
             + f"{result.get('seconds', '')} |")
     text = "\n".join([
         f"# {title or 'Demo settings'} (`benchmarks/demo_settings.py`)",

@@ -21,6 +21,11 @@ import time
 logger = logging.getLogger("keras_centernet")
 
 OFFICIAL_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+# `centernet demo` trains for this many seconds of steps (the whole run took 62 s more on
+# the 2-core development host: data, compilation, evaluation with and without the flip
+# test, export; 9.5 minutes in all), at most for DEMO_MAX_EPOCHS epochs (a fast machine).
+DEMO_TIME_BUDGET = 510.0
+DEMO_MAX_EPOCHS = 160
 # The synthetic images `centernet demo` trains and evaluates on (`kc.data.synthetic`
 # arguments; benchmarks/export.py scores exports of the demo model on them).
 DEMO_SYNTHETIC = {"class_colors": True, "object_size": (48, 360), "objects_per_image": (1, 6)}
@@ -157,6 +162,8 @@ def train(args):
     from keras_centernet import training
 
     model_class = _model_class(args)  # an unknown preset fails before any data loads
+    if args.time_budget < 0:
+        raise UsageError(f"--time-budget must be >= 0 seconds; received {args.time_budget:g}.")
     output_dir = args.output_dir or os.path.join("runs", args.preset)
     if not args.resume and os.path.exists(os.path.join(output_dir, "backup")):
         raise UsageError(
@@ -171,11 +178,6 @@ def train(args):
         raise UsageError("The training set has no known size: pass --steps-per-epoch.")
 
     rate = args.learning_rate or training.default_learning_rate(args.preset, args.batch_size)
-    schedule = training.learning_rate_schedule(
-        rate, steps, args.epochs, schedule=args.schedule,
-        step_epochs=_parse_ints(args.lr_steps) if args.lr_steps else None,
-        warmup_epochs=args.warmup_epochs,
-    )
     with training.data_parallel_scope(args.devices, args.batch_size):
         extra = _head_options(args, model_class)
         if args.augment_on == "accelerator":
@@ -186,6 +188,12 @@ def train(args):
         )
         if args.weights:
             model.load_weights(args.weights)
+        epochs = _epochs(args, model, train_ds, steps, output_dir)
+        schedule = training.learning_rate_schedule(
+            rate, steps, epochs, schedule=args.schedule,
+            step_epochs=_parse_ints(args.lr_steps) if args.lr_steps else None,
+            warmup_epochs=args.warmup_epochs,
+        )
         model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=args.jit_compile)
     evaluation = (
         kc.evaluation.COCOEvaluationCallback(val_ds, every_n_epochs=args.eval_every, info=val_info)
@@ -202,12 +210,42 @@ def train(args):
         json.dump({"class_names": info.class_names, "category_ids": info.category_ids}, file)
     logger.info("Training %s on %s: %d classes, %d px, batch %d, %d steps/epoch, %d epochs, lr %.3g",
                 args.preset, info.source or args.dataset, info.num_classes, args.image_size,
-                args.batch_size, steps, args.epochs, rate)
-    history = model.fit(train_ds.repeat(), epochs=args.epochs, steps_per_epoch=steps,
+                args.batch_size, steps, epochs, rate)
+    history = model.fit(train_ds.repeat(), epochs=epochs, steps_per_epoch=steps,
                         callbacks=callbacks, verbose=args.verbose, shuffle=False)
     metrics = kc.evaluation.coco_evaluate(model, val_ds, info=val_info, verbose=min(args.verbose, 1))
     logger.info("COCO metrics: %s", _format_metrics(metrics))
     return model, history, metrics, output_dir
+
+
+def _epochs(args, model, train_ds, steps, output_dir):
+    """`--epochs`, or with `--time-budget` the most epochs (up to `--epochs`) that fit it.
+
+    The step time is measured on one training batch (`training.seconds_per_step`),
+    and the choice is written to `time_budget.json`, so that a resumed run
+    (`--resume` with a backup) keeps the length, and with it the learning-rate
+    schedule, that it started with.
+    """
+    from keras_centernet import training
+
+    if not args.time_budget:
+        return args.epochs
+    record = os.path.join(output_dir, "time_budget.json")
+    if args.resume and os.path.exists(os.path.join(output_dir, "backup")) and os.path.exists(record):
+        with open(record) as file:
+            epochs = int(json.load(file)["epochs"])
+        logger.info("Resuming a run of %d epochs (chosen for its time budget, %s)", epochs, record)
+        return epochs
+    images, targets = next(iter(train_ds))
+    seconds = training.seconds_per_step(model, images, targets, jit_compile=args.jit_compile)
+    epochs = training.epochs_for_time_budget(args.time_budget, seconds, steps, args.epochs)
+    logger.info("A training step takes %.3f s here: %d epochs of %d steps fit the time budget of "
+                "%.0f s (at most %d epochs)", seconds, epochs, steps, args.time_budget, args.epochs)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(record, "w") as file:
+        json.dump({"epochs": epochs, "seconds_per_step": seconds, "steps_per_epoch": steps,
+                   "time_budget": args.time_budget, "max_epochs": args.epochs}, file, indent=2)
+    return epochs
 
 
 def _head_options(args, model_class):
@@ -389,15 +427,23 @@ def run_demo(args):
     """The README's main job: train on the synthetic set, evaluate, draw detections."""
     import numpy as np
 
+    import keras_centernet as kc
     from keras_centernet import visualization
 
     start = time.perf_counter()
     args.dataset = "synthetic"
     model, _, metrics, output_dir = train(args)
-    logger.info("Trained and evaluated in %.0f s: COCO AP %.3f, AP50 %.3f",
-                time.perf_counter() - start, metrics.get("AP", float("nan")),
-                metrics.get("AP50", float("nan")))
     val_ds, info = make_dataset(args, training=False)
+    # The paper's flip test as well: one more pass over the held-out images.
+    model.configure_prediction(flip_test=True)
+    metrics["flip_test"] = kc.evaluation.coco_evaluate(model, val_ds, info=info,
+                                                       verbose=min(args.verbose, 1))
+    model.configure_prediction(flip_test=False)
+    logger.info("Trained and evaluated in %.0f s: COCO AP %.3f, AP50 %.3f (with the flip test: "
+                "AP %.3f, AP50 %.3f)", time.perf_counter() - start,
+                metrics.get("AP", float("nan")), metrics.get("AP50", float("nan")),
+                metrics["flip_test"].get("AP", float("nan")),
+                metrics["flip_test"].get("AP50", float("nan")))
     images, _ = next(iter(val_ds))
     images = np.asarray(images)[:8]
     detections = model.predict_on_batch(images)
@@ -451,7 +497,13 @@ def add_training_arguments(parser, preset, epochs, eval_every):
                             "(Keypoint-Triplets CenterNet, presets triplets_hourglass52/104); "
                             "default: the family of --preset")
     group.add_argument("--weights", default=None, help="initial weights (.weights.h5)")
-    group.add_argument("--epochs", type=int, default=epochs)
+    group.add_argument("--epochs", type=int, default=epochs,
+                       help=f"length of the run; with --time-budget, the most epochs it may "
+                            f"choose (default {epochs})")
+    group.add_argument("--time-budget", type=float, default=0.0,
+                       help="seconds of training: the step time is measured on one batch and "
+                            "the run takes as many epochs as fit, up to --epochs (0: off; "
+                            "default %(default)s)")
     group.add_argument("--steps-per-epoch", type=int, default=None,
                        help="default: one pass over the training set")
     group.add_argument("--learning-rate", type=float, default=None,
@@ -514,11 +566,18 @@ def build_parser():
     demo = commands.add_parser(
         "demo", help="the main job: train on the built-in synthetic set, evaluate, draw")
     add_data_arguments(demo, training=True)
-    add_training_arguments(demo, preset="resnet18_small", epochs=40, eval_every=0)
-    # 1280 steps of batch 16 from scratch: 629 s end to end on a 2-core host, AP50
-    # 0.49 (benchmarks/results/demo_cpu.md and demo_settings.md). Batch 16 is the
-    # most CPU-efficient setting measured: half the CPU time of a batch-32 step,
-    # and 1280 of its steps reach 0.51 where 640 of batch 32 reach 0.30-0.38.
+    add_training_arguments(demo, preset="resnet18_small", epochs=DEMO_MAX_EPOCHS, eval_every=0)
+    # As many steps of batch 16 as fit DEMO_TIME_BUDGET seconds of this host's CPU
+    # (the step is timed first): AP50 grows with the steps (1280 steps: 0.51,
+    # 2560: 0.67-0.71 on the GPU sweep of benchmarks/results/demo_settings.md),
+    # and hosts differ up to 1.8x in step time (demo_cpu.md), so a fixed length
+    # either wastes a fast host or runs far past ten minutes on a slow one. On the
+    # 2-core development host (2026-12-05): 0.251 s a step, 1984 steps, AP50 0.607
+    # (0.634 with the flip test), 9.5 minutes in all.
+    # 1024 images: longer runs learn more from more images (2560 steps: 0.71
+    # against 0.67 with 512). Batch 16 is the most CPU-efficient setting
+    # measured: half the CPU time of a batch-32 step, and 1280 of its steps
+    # reach 0.51 where 640 of batch 32 reach 0.30-0.38.
     # The small preset at 128 px (smaller models and inputs learn slower per CPU
     # second), the easy synthetic set (class colours, larger and fewer shapes), a
     # warmed-up cosine schedule at 1e-3 (2e-3, 4e-3, 5e-4 and 3e-4 learn slower),
@@ -526,7 +585,8 @@ def build_parser():
     # instead of augmenting; without the random crop 512 images over-fit within
     # 900 steps), and the straight-through focal clamp (from scratch the official
     # clamp leaves some centres without gradient: AP50 0.21 against 0.49).
-    demo.set_defaults(func=run_demo, image_size=128, batch_size=16, num_images=512,
+    demo.set_defaults(func=run_demo, image_size=128, batch_size=16, num_images=1024,
+                      time_budget=DEMO_TIME_BUDGET,
                       num_val_images=128, schedule="cosine", learning_rate=1e-3,
                       warmup_epochs=3.0, augment_on="accelerator",
                       class_colors=DEMO_SYNTHETIC["class_colors"],

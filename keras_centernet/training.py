@@ -90,6 +90,70 @@ def learning_rate_schedule(
     raise ValueError(f"`schedule` must be 'step', 'cosine' or 'constant'; received {schedule!r}.")
 
 
+def seconds_per_step(model, x, y, steps=5, jit_compile="auto"):
+    """Measures the training step time of `model` on one batch, leaving the model as it was.
+
+    The step is compiled with a zero-rate `SGD` (the optimizer's own update
+    costs little beside the network's forward and backward passes), timed over
+    `steps` calls after the compiling one, and then every weight (BatchNorm
+    statistics included) is put back: the model is as before, uncompiled for
+    its real optimizer. It is what `epochs_for_time_budget` needs.
+
+    Args:
+        model: a built `keras.Model` that trains on `(x, y)`.
+        x, y: one training batch.
+        steps: int. Timed steps. Defaults to 5.
+        jit_compile: as `model.compile`'s. Defaults to `"auto"`.
+
+    Returns:
+        float. The median seconds of one step.
+
+    Example:
+
+    >>> images, targets = next(iter(train_ds))
+    >>> seconds = seconds_per_step(model, images, targets)
+    """
+    import time
+
+    if steps < 1:
+        raise ValueError(f"`steps` must be >= 1; received {steps}.")
+    weights = model.get_weights()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=jit_compile)
+    model.train_on_batch(x, y)  # compiles
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+    model.set_weights(weights)
+    return sorted(times)[len(times) // 2]
+
+
+def epochs_for_time_budget(seconds, seconds_per_step, steps_per_epoch, max_epochs):
+    """The number of epochs that trains in `seconds`, between 1 and `max_epochs`.
+
+    Args:
+        seconds: float. The time the training may take.
+        seconds_per_step: float. One step's time (see `seconds_per_step`).
+        steps_per_epoch: int.
+        max_epochs: int. The most epochs returned.
+
+    Returns:
+        int.
+
+    Example:
+
+    >>> epochs_for_time_budget(480, seconds_per_step=0.25, steps_per_epoch=64, max_epochs=160)
+    30
+    """
+    if seconds <= 0 or seconds_per_step <= 0 or steps_per_epoch < 1 or max_epochs < 1:
+        raise ValueError(
+            "`seconds`, `seconds_per_step`, `steps_per_epoch` and `max_epochs` must be positive; "
+            f"received {seconds}, {seconds_per_step}, {steps_per_epoch}, {max_epochs}."
+        )
+    return int(max(1, min(max_epochs, seconds // (seconds_per_step * steps_per_epoch))))
+
+
 def training_callbacks(output_dir, monitor="loss", mode="min", evaluation=None, tensorboard=True):
     """The callbacks of a resumable run writing into `output_dir`.
 

@@ -10,6 +10,7 @@ import pytest
 
 import keras_centernet as kc
 from keras_centernet import cli
+from keras_centernet import training
 from tests.official_fixtures import load_outputs
 from tests.official_fixtures import nhwc
 from tests.official_fixtures import rule_state_dict
@@ -227,7 +228,61 @@ def test_demo_writes_every_output(tmp_path):
                  os.path.join("saved_model", "saved_model.pb")):
         assert os.path.exists(os.path.join(output, name)), name
     with open(os.path.join(output, "coco_metrics.json")) as file:
-        assert {"AP", "AP50"} <= set(json.load(file))
+        metrics = json.load(file)
+    assert {"AP", "AP50", "flip_test"} <= set(metrics)
+    assert {"AP", "AP50"} <= set(metrics["flip_test"])
+    # The demo's time budget measured a real step and kept the length it was capped at.
+    with open(os.path.join(output, "time_budget.json")) as file:
+        budget = json.load(file)
+    assert budget["epochs"] == 1 and budget["max_epochs"] == 1
+    assert budget["seconds_per_step"] > 0 and budget["steps_per_epoch"] == 2
+    with open(os.path.join(output, "metrics.csv")) as file:
+        assert len(list(csv.DictReader(file))) == 1
+
+
+def test_time_budget_sets_the_length_of_a_run(tmp_path, monkeypatch):
+    """--time-budget: as many epochs as fit at the measured step time, up to --epochs."""
+    measured = []
+
+    def one_second(model, images, targets, steps=5, jit_compile="auto"):
+        measured.append(tuple(images.shape))
+        return 1.0
+
+    monkeypatch.setattr(training, "seconds_per_step", one_second)
+    output = str(tmp_path / "budget")
+    # 8 images of batch 4: 2 steps (2 s) an epoch; 5 s fit 2 whole epochs.
+    code = cli.main(["train", "--preset", "resnet18", *TINY, "--epochs", "9", "--time-budget", "5",
+                     "--eval-every", "0", "--output-dir", output, "--verbose", "0"])
+    assert code == 0
+    assert measured == [(4, 64, 64, 3)]
+    with open(os.path.join(output, "metrics.csv")) as file:
+        assert [row["epoch"] for row in csv.DictReader(file)] == ["0", "1"]
+    with open(os.path.join(output, "time_budget.json")) as file:
+        assert json.load(file) == {"epochs": 2, "seconds_per_step": 1.0, "steps_per_epoch": 2,
+                                   "time_budget": 5.0, "max_epochs": 9}
+
+
+def test_resumed_run_keeps_the_length_its_time_budget_chose(tmp_path, monkeypatch):
+    """A resumed run does not measure again: its schedule was built for the recorded length."""
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("a resumed run measured the step time again")
+
+    monkeypatch.setattr(training, "seconds_per_step", no_measuring)
+    output = tmp_path / "resumed"
+    (output / "backup").mkdir(parents=True)  # an interrupted run's (empty) backup
+    (output / "time_budget.json").write_text(json.dumps({"epochs": 1}))
+    code = cli.main(["train", "--preset", "resnet18", *TINY, "--epochs", "9", "--time-budget", "600",
+                     "--eval-every", "0", "--output-dir", str(output), "--resume", "--verbose", "0"])
+    assert code == 0
+    with open(output / "metrics.csv") as file:
+        assert [row["epoch"] for row in csv.DictReader(file)] == ["0"]
+
+
+def test_negative_time_budget_is_a_usage_error(tmp_path, capsys):
+    code = cli.main(["train", "--preset", "resnet18", *TINY, "--time-budget", "-1",
+                     "--output-dir", str(tmp_path / "negative")])
+    assert code == 2
+    assert "--time-budget" in one_error_line(capsys)
 
 
 def test_head_options_reach_the_model(tmp_path, monkeypatch, capsys):
