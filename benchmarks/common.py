@@ -99,6 +99,74 @@ def start(case):
     print(START + case, flush=True)
 
 
+class Results:
+    """Parent side: the workers' results, with the table rewritten after each one.
+
+    An instance is the `on_result` of `run_cases`: it keeps the environment
+    line the workers report, stores every other result under its case, prints
+    it (through `shown`, e.g. to leave out long curves) and rewrites `output`
+    with `render(cases, environment, args)` (and, with `write_json`, the raw
+    results next to it as `.json`), so that a run cut short keeps its table.
+    """
+
+    def __init__(self, render, args, output, write_json=False, shown=None):
+        self.render = render
+        self.args = args
+        self.output = output
+        self.write_json = write_json
+        self.shown = shown or (lambda result: result)
+        self.cases = {}
+        self.environment = "Device: (not reported)"
+
+    def __call__(self, result):
+        result = dict(result)
+        case = result.pop("case")
+        if case == "environment":
+            self.environment = result["line"]
+            return
+        self.cases[case] = result
+        print(case, json.dumps(self.shown(result)), flush=True)
+        write_text(self.output, self.text())
+        if self.write_json:
+            write_text(os.path.splitext(self.output)[0] + ".json",
+                       json.dumps({"environment": self.environment, "cases": self.cases}, indent=1))
+
+    def text(self):
+        return self.render(self.cases, self.environment, self.args)
+
+
+def run_train_function(model, data, steps, warmup=1, state=None):
+    """Keras' compiled JAX training step, run back to back without host waits.
+
+    Args:
+        model: a compiled Keras model under the JAX backend whose
+            `train_function` exists (after one `train_on_batch`).
+        data: one batch `(x, y, sample_weight)`.
+        steps: int. Timed steps.
+        warmup: int. Untimed steps first. Defaults to 1.
+        state: the JAX state to start from; defaults to the model's.
+
+    Returns:
+        `(logs, state, milliseconds per step)`.
+    """
+    import jax
+
+    if state is None:
+        state = model._get_jax_state(
+            trainable_variables=True, non_trainable_variables=True,
+            optimizer_variables=True, metrics_variables=True, purge_model_variables=False,
+        )
+    logs = None
+    for _ in range(warmup):
+        logs, state = model.train_function(state, iter([data]))
+    jax.block_until_ready(state)
+    started = time.perf_counter()
+    for _ in range(steps):
+        logs, state = model.train_function(state, iter([data]))
+    jax.block_until_ready((logs, state))
+    return logs, state, (time.perf_counter() - started) * 1e3 / steps
+
+
 def run_cases(worker_command, cases, case_timeout_s, deadline, log_path, on_result,
               one_worker_per_case=False):
     """Parent side: runs `cases` in worker processes with a time limit per case.

@@ -20,7 +20,6 @@ floating-point reordering; the table gives the largest difference.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -180,23 +179,12 @@ def main():
                "--dtype", args.dtype, "--size", str(args.size),
                "--batch-per-device", str(args.batch_per_device), "--steps", str(args.steps),
                "--curve-steps", str(args.curve_steps), "--"]
-    results = {}
-    environment = "Device: (not reported)"
-
-    def on_result(result):
-        nonlocal environment
-        case = result.pop("case")
-        if case == "environment":
-            environment = result["line"]
-            return
-        results[case] = result
-        print(case, json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
-        common.write_text(output, render(results, environment, args))
-
+    results = common.Results(render, args, output,
+                             shown=lambda result: {k: v for k, v in result.items() if k != "curve"})
     common.run_cases(command, [str(n) for n in args.devices], args.case_timeout,
                      time.monotonic() + args.budget, os.path.splitext(output)[0] + ".log",
-                     on_result, one_worker_per_case=True)
-    text = render(results, environment, args)
+                     results, one_worker_per_case=True)
+    text = results.text()
     common.write_text(output, text)
     print(text)
     print(f"written to {output}")

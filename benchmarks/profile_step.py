@@ -35,7 +35,6 @@ heaviest HLO operations.
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import sys
@@ -157,19 +156,8 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
     started = time.perf_counter()
     logs = model.train_on_batch(images, targets, return_dict=True)
     compile_s = time.perf_counter() - started
-    state = model._get_jax_state(
-        trainable_variables=True, non_trainable_variables=True,
-        optimizer_variables=True, metrics_variables=True, purge_model_variables=False,
-    )
     data = (images, targets, None)
-    for _ in range(3):
-        logs, state = model.train_function(state, iter([data]))
-    jax.block_until_ready(state)
-    started = time.perf_counter()
-    for _ in range(steps):
-        logs, state = model.train_function(state, iter([data]))
-    jax.block_until_ready((logs, state))
-    step_ms = (time.perf_counter() - started) * 1e3 / steps
+    logs, state, step_ms = common.run_train_function(model, data, steps, warmup=3)
 
     trace_dir = tempfile.mkdtemp(prefix="profile_step_")
     jax.profiler.start_trace(trace_dir)
@@ -285,27 +273,13 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    results = {}
-    environment = "Device: (not reported)"
-
-    def on_result(result):
-        nonlocal environment
-        case = result.pop("case")
-        if case == "environment":
-            environment = result["line"]
-            return
-        results[case] = result
-        print(case, json.dumps(result), flush=True)
-        common.write_text(args.output, render(results, environment, args))
-        common.write_text(os.path.splitext(args.output)[0] + ".json",
-                          json.dumps({"environment": environment, "cases": results}, indent=1))
-
+    results = common.Results(render, args, args.output, write_json=True)
     command = [sys.executable, os.path.abspath(__file__), "--worker", "--size", str(args.size),
                "--batch", str(args.batch), "--steps", str(args.steps),
                "--profile-steps", str(args.profile_steps)] + (["--hlo-dump"] if args.hlo_dump else []) + ["--"]
     common.run_cases(command, args.cases, args.case_timeout, time.monotonic() + args.budget,
-                     os.path.splitext(args.output)[0] + ".log", on_result, one_worker_per_case=True)
-    print(render(results, environment, args))
+                     os.path.splitext(args.output)[0] + ".log", results, one_worker_per_case=True)
+    print(results.text())
 
 
 if __name__ == "__main__":

@@ -168,18 +168,7 @@ def measure_training(preset, dtype, size, batch, steps, quick, augment=False):
     fit_ms = (time.perf_counter() - started) * 1e3 / fit_steps
     result.update(fit_step_ms=fit_ms, fit_img_s=batch * 1e3 / fit_ms, fit_loss=history.history["loss"][-1])
     # The compiled step back to back, no host wait between steps.
-    state = model._get_jax_state(
-        trainable_variables=True, non_trainable_variables=True,
-        optimizer_variables=True, metrics_variables=True, purge_model_variables=False,
-    )
-    data = (images, targets, None)
-    logs, state = model.train_function(state, iter([data]))
-    jax.block_until_ready(state)
-    started = time.perf_counter()
-    for _ in range(steps):
-        logs, state = model.train_function(state, iter([data]))
-    jax.block_until_ready((logs, state))
-    loop_ms = (time.perf_counter() - started) * 1e3 / steps
+    _, _, loop_ms = common.run_train_function(model, (images, targets, None), steps)
     result.update(loop_step_ms=loop_ms, loop_img_s=batch * 1e3 / loop_ms)
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
