@@ -13,7 +13,8 @@ warm-up steps, the median of `--steps` steps. Inference is the median of
     python benchmarks/demo_cpu.py --cases demo w16 --steps 5
 
 A case is `name[:options]` with the options of `demo_settings.py`
-(`width=16,neck=64-32-32,kernels=2-2-2,head=32,batch=16`).
+(`width=16,neck=64-32-32,kernels=2-2-2,head=32,batch=16`, and `mixed=1` for
+`mixed_bfloat16`, which oneDNN runs on the AMX unit of CPUs that have one).
 """
 
 import argparse
@@ -33,6 +34,7 @@ DEFAULT_CASES = (
     "kernels2_head32:kernels=2-2-2,head=32",
     "neck32_head32:neck=128-64-32,head=32",
     "width16:width=16,neck=64-32-32,head=32",
+    "batch16_bf16:batch=16,mixed=1",
 )
 
 
@@ -59,6 +61,8 @@ def time_case(spec, steps):
     name, _, options = spec.partition(":")
     case = parse_case(f"{name}:1e-3:1:aug::{options}")
     data = {"image_size": 128, "num_classes": 5, "preset": "resnet18_small"}
+    mixed = case["options"].get("mixed", "0") not in ("0", "false", "False")
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if mixed else "float32")
     model = build_model(case, data)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     images, targets = batch(128, case["batch"], np.random.default_rng(0))
@@ -83,6 +87,18 @@ def time_case(spec, steps):
             "predict": float(np.median(predict))}
 
 
+def cpu_features():
+    """`, with AMX bf16` or `, with AVX-512 bf16` where /proc/cpuinfo lists them (Linux)."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            flags = next((line.split() for line in file if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    found = [name for flag, name in (("amx_bf16", "AMX bf16"), ("avx512_bf16", "AVX-512 bf16"))
+             if flag in flags]
+    return f" (with {', '.join(found)})" if found else ""
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES))
@@ -101,7 +117,8 @@ def main():
     lines = [
         "# Demo training step on the CPU (`benchmarks/demo_cpu.py`)",
         "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Keras "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        f"{cpu_features()}, Keras "
         f"{keras.__version__}, backend {keras.backend.backend()}; 128 px, 5 classes, official "
         f"augmentation in the step; median of {args.steps} `train_on_batch` steps after 3 "
         "warm-up steps.",
