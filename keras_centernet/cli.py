@@ -236,7 +236,11 @@ def _epochs(args, model, train_ds, steps, output_dir):
             epochs = int(json.load(file)["epochs"])
         logger.info("Resuming a run of %d epochs (chosen for its time budget, %s)", epochs, record)
         return epochs
-    images, targets = next(iter(train_ds))
+    import keras
+    import numpy as np
+
+    # As NumPy arrays, which every backend's train_on_batch takes (the readers yield tf tensors).
+    images, targets = keras.tree.map_structure(np.asarray, next(iter(train_ds)))
     seconds = training.seconds_per_step(model, images, targets, jit_compile=args.jit_compile)
     epochs = training.epochs_for_time_budget(args.time_budget, seconds, steps, args.epochs)
     logger.info("A training step takes %.3f s here: %d epochs of %d steps fit the time budget of "
@@ -459,15 +463,24 @@ def run_demo(args):
     visualization.save_image(picture_path, visualization.image_grid(pictures))
     model_path = os.path.join(output_dir, "model.keras")
     model.save(model_path)
-    # The deployable artifact: a SavedModel with decoding inside, RGB pixels in.
-    export_path = _export_module().export_model(
-        model, os.path.join(output_dir, "saved_model"), format="saved_model",
-        input_size=(args.image_size, args.image_size),
-    )
-    with open(os.path.join(output_dir, "coco_metrics.json"), "w") as file:
+    written = [model_path, picture_path, os.path.join(output_dir, "coco_metrics.json")]
+    # The deployable artifact: a SavedModel with decoding inside, RGB pixels in. Export
+    # traces the model with TensorFlow, so under another backend it is left to
+    # `centernet export` of the saved model.
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        written.insert(1, _export_module().export_model(
+            model, os.path.join(output_dir, "saved_model"), format="saved_model",
+            input_size=(args.image_size, args.image_size),
+        ))
+    else:
+        logger.warning("No SavedModel: export traces the model with TensorFlow, and the backend is "
+                       "%r. Run `centernet --backend tensorflow export %s` for one.",
+                       keras.backend.backend(), model_path)
+    with open(written[-1], "w") as file:
         json.dump(metrics, file, indent=2)
-    logger.info("Wrote %s, %s, %s and %s", model_path, export_path, picture_path,
-                os.path.join(output_dir, "coco_metrics.json"))
+    logger.info("Wrote %s", ", ".join(written))
     return 0
 
 

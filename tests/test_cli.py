@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -238,6 +240,28 @@ def test_demo_writes_every_output(tmp_path):
     assert budget["seconds_per_step"] > 0 and budget["steps_per_epoch"] == 2
     with open(os.path.join(output, "metrics.csv")) as file:
         assert len(list(csv.DictReader(file))) == 1
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_demo_runs_under_other_backends(tmp_path, backend):
+    """`centernet --backend jax|torch demo`: the step timing and the COCO evaluation take the
+    readers' tf tensors as NumPy (the JAX trainer refused them), and the SavedModel, which
+    needs TensorFlow, is left out with a warning naming `centernet export`."""
+    output = str(tmp_path / backend)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    completed = subprocess.run(
+        [sys.executable, "-m", "keras_centernet.cli", "--backend", backend, "demo", *TINY,
+         "--epochs", "1", "--output-dir", output, "--verbose", "0"],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=root, KERAS_BACKEND="tensorflow"),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for name in ("model.keras", "detections.png", "coco_metrics.json", "time_budget.json"):
+        assert os.path.exists(os.path.join(output, name)), name
+    assert not os.path.exists(os.path.join(output, "saved_model"))
+    assert "centernet --backend tensorflow export" in completed.stderr
+    with open(os.path.join(output, "coco_metrics.json")) as file:
+        assert {"AP", "AP50", "flip_test"} <= set(json.load(file))
 
 
 def test_time_budget_sets_the_length_of_a_run(tmp_path, monkeypatch):

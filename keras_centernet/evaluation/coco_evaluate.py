@@ -92,7 +92,9 @@ def predicted_batches(model, dataset, steps=None, verbose=1):
                     f"Evaluation batches need `targets[{key!r}]`; this dataset has "
                     f"{sorted(targets)}. Use a reader with `training=False`."
                 )
-        predictions = model.predict_on_batch(images)
+        # NumPy images, which every backend's predict takes (tf.data yields tf tensors,
+        # which the JAX and PyTorch backends refuse).
+        predictions = model.predict_on_batch(np.asarray(images))
         yield targets, {k: keras.ops.convert_to_numpy(v) for k, v in predictions.items()}
         if progress is not None:
             progress.update(step + 1)
