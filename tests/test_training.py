@@ -61,13 +61,13 @@ def test_seconds_per_step_leaves_the_model_as_it_was():
         np.testing.assert_array_equal(old, new)
     # The restoring is needed: a zero-rate step leaves the trainable weights but moves
     # BatchNorm's statistics.
-    trainable = [np.array(v) for v in model.trainable_weights]
-    statistics = [np.array(v) for v in model.non_trainable_weights]
+    trainable = [keras.ops.convert_to_numpy(v) for v in model.trainable_weights]
+    statistics = [keras.ops.convert_to_numpy(v) for v in model.non_trainable_weights]
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     model.train_on_batch(images, targets)
     for old, variable in zip(trainable, model.trainable_weights):
-        np.testing.assert_array_equal(old, np.array(variable))
-    assert any(not np.array_equal(old, np.array(variable))
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(variable))
+    assert any(not np.array_equal(old, keras.ops.convert_to_numpy(variable))
                for old, variable in zip(statistics, model.non_trainable_weights))
     # The model then compiles for its real optimizer and trains as usual.
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
