@@ -61,8 +61,6 @@ def time_case(spec, steps):
     name, _, options = spec.partition(":")
     case = parse_case(f"{name}:1e-3:1:aug::{options}")
     data = {"image_size": 128, "num_classes": 5, "preset": "resnet18_small"}
-    mixed = case["options"].get("mixed", "0") not in ("0", "false", "False")
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if mixed else "float32")
     model = build_model(case, data)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     images, targets = batch(128, case["batch"], np.random.default_rng(0))

@@ -64,12 +64,26 @@ def parse_case(spec):
             raise SystemExit(f"unknown option {key!r} in {spec}")
         case["options"][key] = value
     case["batch"] = int(case["options"].get("batch", BATCH))
+    case["mixed"] = _flag(case["options"].get("mixed", "0"))
     return case
 
 
+def _flag(value):
+    """A case option's `1`/`0` (or `true`/`false`) as a bool."""
+    return value not in ("0", "false", "False")
+
+
 def build_model(case, data):
-    """The demo's model, or the variant that the case's options describe."""
+    """The demo's model, or the variant that the case's options describe.
+
+    The case's precision (`mixed=1`: `mixed_bfloat16`, else float32) becomes
+    Keras' global dtype policy first, as the model's layers take it when built.
+    """
+    import keras
+
     import keras_centernet as kc
+
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if case["mixed"] else "float32")
 
     options = case["options"]
     extra = {}
@@ -85,7 +99,7 @@ def build_model(case, data):
         if key in options:
             extra[key] = options[key]
     if "ltrb_gaussian" in options:
-        extra["ltrb_gaussian"] = options["ltrb_gaussian"] not in ("0", "false", "False")
+        extra["ltrb_gaussian"] = _flag(options["ltrb_gaussian"])
     if "hourglass" in options:
         dims = tuple(int(d) for d in options["hourglass"].split("-"))
         backbone = kc.backbones.HourglassBackbone(
@@ -178,8 +192,6 @@ def run_case(spec, data_path):
     boxes, labels = boxes[:, used], labels[:, used]
     if case["augmentation"] == "none":
         images = images[..., :3].astype("float32")  # the canvases hold whole images
-    if case["options"].get("mixed", "0") not in ("0", "false", "False"):
-        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     model = build_model(case, data)
     batch, epochs = case["batch"], case["epochs"]
     steps = len(images) // batch

@@ -236,11 +236,7 @@ def _epochs(args, model, train_ds, steps, output_dir):
             epochs = int(json.load(file)["epochs"])
         logger.info("Resuming a run of %d epochs (chosen for its time budget, %s)", epochs, record)
         return epochs
-    import keras
-    import numpy as np
-
-    # As NumPy arrays, which every backend's train_on_batch takes (the readers yield tf tensors).
-    images, targets = keras.tree.map_structure(np.asarray, next(iter(train_ds)))
+    images, targets = next(iter(train_ds))
     seconds = training.seconds_per_step(model, images, targets, jit_compile=args.jit_compile)
     epochs = training.epochs_for_time_budget(args.time_budget, seconds, steps, args.epochs)
     logger.info("A training step takes %.3f s here: %d epochs of %d steps fit the time budget of "
@@ -429,6 +425,7 @@ def _load_for_model(path, image_size, size_divisor):
 
 def run_demo(args):
     """The README's main job: train on the synthetic set, evaluate, draw detections."""
+    import keras
     import numpy as np
 
     import keras_centernet as kc
@@ -463,14 +460,15 @@ def run_demo(args):
     visualization.save_image(picture_path, visualization.image_grid(pictures))
     model_path = os.path.join(output_dir, "model.keras")
     model.save(model_path)
-    written = [model_path, picture_path, os.path.join(output_dir, "coco_metrics.json")]
+    metrics_path = os.path.join(output_dir, "coco_metrics.json")
+    with open(metrics_path, "w") as file:
+        json.dump(metrics, file, indent=2)
+    written = [model_path, picture_path, metrics_path]
     # The deployable artifact: a SavedModel with decoding inside, RGB pixels in. Export
     # traces the model with TensorFlow, so under another backend it is left to
     # `centernet export` of the saved model.
-    import keras
-
     if keras.backend.backend() == "tensorflow":
-        written.insert(1, _export_module().export_model(
+        written.append(_export_module().export_model(
             model, os.path.join(output_dir, "saved_model"), format="saved_model",
             input_size=(args.image_size, args.image_size),
         ))
@@ -478,8 +476,6 @@ def run_demo(args):
         logger.warning("No SavedModel: export traces the model with TensorFlow, and the backend is "
                        "%r. Run `centernet --backend tensorflow export %s` for one.",
                        keras.backend.backend(), model_path)
-    with open(written[-1], "w") as file:
-        json.dump(metrics, file, indent=2)
     logger.info("Wrote %s", ", ".join(written))
     return 0
 

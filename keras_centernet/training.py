@@ -9,8 +9,10 @@ the callbacks that make a run resumable and observable.
 
 import contextlib
 import os
+import time
 
 import keras
+import numpy as np
 
 # Official (learning rate, batch size) by architecture family.
 _OFFICIAL_RATES = {"hourglass": (2.5e-4, 24), "default": (5e-4, 128)}
@@ -101,7 +103,8 @@ def seconds_per_step(model, x, y, steps=5, jit_compile="auto"):
 
     Args:
         model: a built `keras.Model` that trains on `(x, y)`.
-        x, y: one training batch.
+        x, y: one training batch; tensors of any kind (a `tf.data` batch
+            too, under every backend: they are read as NumPy arrays).
         steps: int. Timed steps. Defaults to 5.
         jit_compile: as `model.compile`'s. Defaults to `"auto"`.
 
@@ -113,10 +116,10 @@ def seconds_per_step(model, x, y, steps=5, jit_compile="auto"):
     >>> images, targets = next(iter(train_ds))
     >>> seconds = seconds_per_step(model, images, targets)
     """
-    import time
-
     if steps < 1:
         raise ValueError(f"`steps` must be >= 1; received {steps}.")
+    # NumPy, which every backend's train_on_batch takes (JAX refuses tf tensors).
+    x, y = keras.tree.map_structure(np.asarray, (x, y))
     weights = model.get_weights()
     model.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=jit_compile)
     model.train_on_batch(x, y)  # compiles
