@@ -21,10 +21,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: venv
 	$(VENV)/bin/centernet demo
 
-# The whole suite under TensorFlow, then the backend-agnostic tests under JAX and PyTorch.
+# The whole suite under TensorFlow, then the backend-agnostic tests under JAX (with the
+# JAX-only ones) and PyTorch.
 test: venv
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n $(PYTEST_WORKERS) tests
-	KERAS_BACKEND=jax $(PY) -m pytest -n $(PYTEST_WORKERS) -m multi_backend tests
+	KERAS_BACKEND=jax $(PY) -m pytest -n $(PYTEST_WORKERS) -m "multi_backend or jax" tests
 	KERAS_BACKEND=torch $(PY) -m pytest -n $(PYTEST_WORKERS) -m multi_backend tests
 
 clean:

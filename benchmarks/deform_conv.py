@@ -108,6 +108,8 @@ def jax_cases(inputs, implementations=("reference",), dtype="float32"):
         cases[implementation] = (jax.jit(dcn), dcn_args)
         cases[implementation + "_fb"] = (
             jax.jit(jax.grad(dcn_loss, argnums=(0, 1, 2, 3, 4))), dcn_args)
+    if "xla" in implementations:
+        cases.update(_stage_cases(x, offsets, mask, kernel))
     cases["conv"] = (jax.jit(conv), (x, kernel, bias))
     cases["conv_fb"] = (jax.jit(jax.grad(conv_loss, argnums=(0, 1, 2))), (x, kernel, bias))
     results = {}
@@ -129,6 +131,48 @@ def jax_cases(inputs, implementations=("reference",), dtype="float32"):
         ms = median_ms(lambda: compiled(*args), jax.block_until_ready)
         results[name] = (ms, peak)
     return results
+
+
+def _stage_cases(x, offsets, mask, kernel):
+    """The two stages of `implementation="xla"` that touch every sample, alone.
+
+    `sample`: the forward's gather of every 2x2 neighbourhood and its float32
+    mixing into the (M, 9 * Cin) columns in the compute dtype. `scatter`: the
+    input gradient's float32 scatter-add of (2, 2, Cin) windows, from updates
+    already in memory. Any DCN whose input gradient is a float32 scatter-add
+    pays at least the latter.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from keras_centernet.ops import deform_conv_xla as xla
+
+    batch, height, width, cin = x.shape
+    num_pixels = batch * height * width
+    geom = xla.Geometry(batch, height, width, height, width, 3, 3, (1, 1), (1, 1),
+                        (1, 1), num_pixels)
+    x_rows = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)]).reshape(
+        batch * (height + 2), width + 2, cin)
+    flat_offsets = offsets.reshape(num_pixels, 18)
+    flat_mask = mask.reshape(num_pixels, 9)
+
+    def sample(x_rows, flat_offsets, flat_mask):
+        starts, corners, _ = xla._sampling(flat_offsets, flat_mask, geom)
+        return xla._columns(x_rows, starts, corners, kernel.dtype)
+
+    starts, corners, _ = jax.jit(lambda o, m: xla._sampling(o, m, geom))(flat_offsets, flat_mask)
+    updates = jnp.broadcast_to(
+        corners[..., None], (num_pixels, 9, 2, 2, cin)).astype(jnp.float32) + 0.0
+
+    def scatter(starts, updates):
+        return jax.lax.scatter_add(
+            jnp.zeros(x_rows.shape, jnp.float32), starts, updates, xla._WINDOW_SCATTER,
+            mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+    return {
+        "sample": (jax.jit(sample), (x_rows, flat_offsets, flat_mask)),
+        "scatter": (jax.jit(scatter), (starts, updates)),
+    }
 
 
 def parity(inputs, implementation="fused"):
@@ -256,7 +300,8 @@ def main():
         + " | ".join(f"{n} fwd ms" for n in names) + " | conv fwd ms | tv fwd ms | "
         + " | ".join(f"{n} f+b ms" for n in names) + " | conv f+b ms | tv f+b ms | "
         + f"{short.get(best, best)}/conv fwd | {short.get(best, best)}/conv f+b | "
-        + f"tv/{short.get(best, best)} f+b | peak MiB f+b "
+        + f"tv/{short.get(best, best)} f+b | sample ms | scatter ms | scatter/conv f+b "
+        + "| peak MiB f+b "
         + " / ".join(names) + " / conv / tv |"
     )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -284,6 +329,9 @@ def main():
                 ratio(get(ours, best, 0), get(ours, "conv", 0)),
                 ratio(get(ours, best + "_fb", 0), get(ours, "conv_fb", 0)),
                 ratio(get(tv, "tv_fb", 0), get(ours, best + "_fb", 0)),
+                fmt_ms(get(ours, "sample", 0)),
+                fmt_ms(get(ours, "scatter", 0)),
+                ratio(get(ours, "scatter", 0), get(ours, "conv_fb", 0)),
                 " / ".join(fmt_mib(get(ours, i + "_fb", 1)) for i in implementations)
                 + f" / {fmt_mib(get(ours, 'conv_fb', 1))} / {fmt_mib(get(tv, 'tv_fb', 1))}",
             ]

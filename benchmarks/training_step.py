@@ -179,6 +179,18 @@ def measure_training(preset, dtype, size, batch, steps, quick, augment=False):
 def worker(args):
     import jax
 
+    # Benchmark-only: options of the XLA deformable convolution, e.g. "keep,rows"
+    # (see benchmarks/profile_dcn.py), to measure one in a whole step before adopting it.
+    options = os.environ.get("BENCH_DCN_XLA_OPTIONS")
+    if options is not None:
+        from keras_centernet.ops import deform_conv_xla
+
+        options = options.split(",")
+        deform_conv_xla.KEEP_COLUMNS = "keep" in options
+        deform_conv_xla._SCATTER_OUTPUT_GRADIENT = "outgrad" in options
+        forms = [o for o in options if o in ("rows", "window")]
+        deform_conv_xla.GATHER_FORM = forms[0] if forms else None
+
     common.emit("environment", line=common.environment_line(), platform=jax.devices()[0].platform)
     for case in args.cases:
         common.start(case)
@@ -318,6 +330,8 @@ def main():
                              "step (BatchAugmentation on 640x640 uint8 canvases), in bf16")
     parser.add_argument("--skip-plain", action="store_true",
                         help="only the rendering and augmentation cases")
+    parser.add_argument("--skip-render", action="store_true",
+                        help="leave out the target-rendering case")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
@@ -351,7 +365,7 @@ def main():
                "--batch", str(args.batch), "--steps", str(args.steps)]
     if args.quick:
         command.append("--quick")
-    cases = ["render_targets"]
+    cases = [] if args.skip_render else ["render_targets"]
     if not args.skip_plain:
         cases += [f"{p}:{d}" for p in args.presets for d in args.dtypes]
     cases += [f"{p}:mixed_bfloat16:augment" for p in args.augment_presets]

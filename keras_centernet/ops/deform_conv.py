@@ -6,10 +6,11 @@ import os
 import keras
 from keras import ops
 
-# "auto" or "reference" (`keras.ops`, the default everywhere) or "fused" (the
-# Pallas kernels under JAX, in the Pallas interpreter off GPU). "auto" picks
-# `keras.ops` on a GPU too: on an H200 the fused kernels measured 2-3x slower
-# forward+backward than XLA's gather + matmul (benchmarks/results/deform_conv.md).
+# "auto", "reference" (`keras.ops`, automatic gradient: every backend), "xla"
+# (JAX: the same gathers with a hand-written gradient, `deform_conv_xla.py`;
+# what "auto" runs under JAX) or "fused" (JAX: Pallas kernels, in the Pallas
+# interpreter off GPU; slower than both on an H100/H200, see
+# benchmarks/results/deform_conv.md).
 DCN_IMPLEMENTATION_ENV = "KERAS_CENTERNET_DCN"
 
 
@@ -106,20 +107,28 @@ def validate_deform_conv_args(
     return out_h, out_w
 
 
-def _use_fused(shapes, implementation):
-    """Whether `deform_conv2d` runs the fused JAX kernels."""
+IMPLEMENTATIONS = ("auto", "reference", "xla", "fused")
+
+
+def resolve_implementation(shapes, implementation=None):
+    """The implementation `deform_conv2d` runs: "reference", "xla" or "fused".
+
+    The JAX ones ("xla", "fused") need the JAX backend and static shapes;
+    elsewhere every request runs the `keras.ops` reference. "auto" is "xla"
+    under JAX.
+    """
     implementation = implementation or os.environ.get(DCN_IMPLEMENTATION_ENV, "auto")
-    if implementation not in ("auto", "reference", "fused"):
+    if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             "`implementation` (or the environment variable "
-            f"{DCN_IMPLEMENTATION_ENV}) must be 'auto', 'reference' or "
-            f"'fused'; received {implementation!r}."
+            f"{DCN_IMPLEMENTATION_ENV}) must be one of "
+            f"{', '.join(repr(i) for i in IMPLEMENTATIONS)}; received {implementation!r}."
         )
     if implementation == "reference" or keras.backend.backend() != "jax":
-        return False
+        return "reference"
     if any(s is None for shape in shapes for s in shape):
-        return False
-    return implementation == "fused"
+        return "reference"
+    return "xla" if implementation == "auto" else implementation
 
 
 def _sample_columns(x_padded, offsets, mask, row_start, rows, out_w, height,
@@ -206,16 +215,18 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
     `mask_k`, and contracted with the kernel. Samples outside
     `(-1, H) x (-1, W)` are 0, and neighbours outside the image count as 0.
 
-    Only `keras.ops` is used, so the op runs (and differentiates) under the
-    TensorFlow, JAX and PyTorch backends and inside XLA. Under JAX,
+    The reference version uses only `keras.ops`, so the op runs (and
+    differentiates) under the TensorFlow, JAX and PyTorch backends and inside
+    XLA. Under JAX the default (`"auto"`) is `implementation="xla"`
+    (`deform_conv_xla.py`): the same function with a hand-written gradient that
+    keeps no columns between the passes and gathers in the input's dtype
+    (~40% less memory, and a DLA-34 training step 14% faster on an H100).
     `implementation="fused"` (or the environment variable
     `KERAS_CENTERNET_DCN=fused`) runs the fused Pallas kernels of
-    `deform_conv_jax.py` instead: the same function with no column tensor in
-    memory (4x less peak memory in training), but 2-3x slower than this
-    version on an H200, so it is not the default. The offsets, mask and
-    bilinear sampling stay in float32 whatever the inputs' dtype; only the
-    final matmul runs in the dtype of `kernel` (the compute dtype under mixed
-    precision).
+    `deform_conv_jax.py`: no column tensor at all, but slower. The offsets,
+    mask and bilinear sampling stay in float32 whatever the inputs' dtype;
+    only the final matmul runs in the dtype of `kernel` (the compute dtype
+    under mixed precision).
 
     Memory: the sampled columns hold `B * Ho * Wo * kh * kw * Cin` float32
     values (plus one corner's gather of the same size while they are summed).
@@ -235,11 +246,14 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
         padding: int or pair, zero padding. Defaults to 1.
         dilation: int or pair. Defaults to 1.
         chunk_rows: optional int, output rows computed at a time. Defaults to
-            `None` (all rows at once). The fused kernels ignore it: they
-            hold no columns.
-        implementation: optional str, `"auto"`, `"reference"` or `"fused"`.
-            Defaults to the environment variable `KERAS_CENTERNET_DCN`, else
-            `"auto"`, which is this version on every backend and device.
+            `None` (all rows at once). Only the reference uses it: the XLA
+            version keeps no columns for the backward pass, and the fused
+            kernels hold none.
+        implementation: optional str, `"auto"`, `"reference"`, `"xla"` or
+            `"fused"`. Defaults to the environment variable
+            `KERAS_CENTERNET_DCN`, else `"auto"`: `"xla"` under JAX (with
+            static shapes), the reference elsewhere. `"xla"` and `"fused"`
+            fall back to the reference on other backends.
 
     Returns:
         Tensor (B, Ho, Wo, Cout) in the dtype of `kernel`.
@@ -264,9 +278,17 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
     )
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"`chunk_rows` must be >= 1; received {chunk_rows}.")
-    if _use_fused(
+    implementation = resolve_implementation(
         (x_shape, _static_shape(offsets), _static_shape(mask)), implementation
-    ):
+    )
+    if implementation == "xla":
+        from keras_centernet.ops import deform_conv_xla
+
+        return deform_conv_xla.deform_conv2d(
+            x, offsets, mask, kernel, bias, strides=strides, padding=padding,
+            dilation=dilation,
+        )
+    if implementation == "fused":
         from keras_centernet.ops import deform_conv_jax
 
         return deform_conv_jax.deform_conv2d(

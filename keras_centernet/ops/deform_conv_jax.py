@@ -37,11 +37,9 @@ from jax.experimental.pallas import triton as plgpu
 
 from keras_centernet.ops.deform_conv import conv_geometry
 from keras_centernet.ops.deform_conv import validate_deform_conv_args
-
-_Geometry = collections.namedtuple(
-    "_Geometry",
-    "batch height width out_h out_w kh kw strides padding dilation m_pad",
-)
+from keras_centernet.ops.deform_conv_xla import Geometry
+from keras_centernet.ops.deform_conv_xla import geometry_terms
+from keras_centernet.ops.deform_conv_xla import offset_and_mask_grads
 
 KernelConfig = collections.namedtuple(
     "KernelConfig",
@@ -73,46 +71,6 @@ def _next_power_of_2(n):
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _geometry_terms(rows, k, dy, dx, m, geom):
-    """Sampling terms of kernel point `k` for flat output pixels `rows`.
-
-    Written once for both the kernels (on `(block,)` vectors) and the
-    post-processing in XLA (on whole arrays), so both see the same float32
-    arithmetic as the `keras.ops` reference.
-
-    Returns `(top_left, ly, lx, weight, inside)`: the flat row of the
-    top-left neighbour in the zero-padded input, the fractional parts of the
-    offsets, the mask where the sample is inside `(-1, H) x (-1, W)` (else 0),
-    and that inside flag.
-    """
-    per_image = geom.out_h * geom.out_w
-    b = lax.div(rows, per_image)
-    rem = rows - b * per_image
-    oh = lax.div(rem, geom.out_w)
-    ow = rem - oh * geom.out_w
-    i = lax.div(k, geom.kw) if not isinstance(k, int) else k // geom.kw
-    j = k - i * geom.kw
-    base_h = oh * geom.strides[0] - geom.padding[0] + i * geom.dilation[0]
-    base_w = ow * geom.strides[1] - geom.padding[1] + j * geom.dilation[1]
-    fy = jnp.floor(dy)
-    fx = jnp.floor(dx)
-    ly = dy - fy
-    lx = dx - fx
-    h0 = fy.astype(jnp.int32) + base_h
-    w0 = fx.astype(jnp.int32) + base_w
-    h = base_h.astype(jnp.float32) + dy
-    w = base_w.astype(jnp.float32) + dx
-    inside = (
-        (h > -1.0) & (h < float(geom.height)) & (w > -1.0) & (w < float(geom.width))
-    )
-    weight = jnp.where(inside, m, jnp.zeros_like(m))
-    padded_w = geom.width + 2
-    h0 = jnp.clip(h0 + 1, 0, geom.height)
-    w0 = jnp.clip(w0 + 1, 0, geom.width)
-    top_left = b * ((geom.height + 2) * padded_w) + h0 * padded_w + w0
-    return top_left, ly, lx, weight, inside
-
-
 def _corner_weights(ly, lx, weight):
     return (
         (1.0 - ly) * (1.0 - lx) * weight,
@@ -131,7 +89,7 @@ def _tile_terms(off_ref, mask_ref, m0, block_m, k, geom):
     dy = off_ref[pl.ds(m0, block_m), 2 * k]
     dx = off_ref[pl.ds(m0, block_m), 2 * k + 1]
     m = mask_ref[pl.ds(m0, block_m), k]
-    return _geometry_terms(coords, k, dy, dx, m, geom)
+    return geometry_terms(coords, k, dy, dx, m, geom)
 
 
 def _corner_rows(top_left, geom):
@@ -341,24 +299,16 @@ def _offset_and_mask_grads(sums, offsets, mask, geom):
     """Offset and mask gradients from the four neighbour sums per sample."""
     num_points = geom.kh * geom.kw
     sums = jnp.transpose(sums.reshape(num_points, 4, geom.m_pad), (2, 0, 1))
-    s00, s01, s10, s11 = (sums[..., c] for c in range(4))
     rows = jnp.minimum(
         jnp.arange(geom.m_pad, dtype=jnp.int32),
         geom.batch * geom.out_h * geom.out_w - 1,
     )[:, None]
     points = jnp.arange(num_points, dtype=jnp.int32)[None, :]
-    _, ly, lx, weight, inside = _geometry_terms(
+    _, ly, lx, weight, inside = geometry_terms(
         rows, points, offsets[:, 0::2], offsets[:, 1::2], mask, geom
     )
-    bilinear = (
-        (1.0 - ly) * (1.0 - lx) * s00 + (1.0 - ly) * lx * s01
-        + ly * (1.0 - lx) * s10 + ly * lx * s11
-    )
-    d_mask = jnp.where(inside, bilinear, jnp.zeros_like(bilinear))
-    d_dy = weight * ((1.0 - lx) * (s10 - s00) + lx * (s11 - s01))
-    d_dx = weight * ((1.0 - ly) * (s01 - s00) + ly * (s11 - s10))
-    d_offsets = jnp.stack([d_dy, d_dx], axis=-1).reshape(geom.m_pad, 2 * num_points)
-    return d_offsets, d_mask
+    d_offsets, d_mask = offset_and_mask_grads(sums, ly, lx, weight, inside)
+    return d_offsets.reshape(geom.m_pad, 2 * num_points), d_mask
 
 
 def _default_precision():
@@ -440,7 +390,7 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
     num_pixels = batch * out_h * out_w
     tile = math.lcm(config.block_m, config.bwd_block_m)
     m_pad = -(-num_pixels // tile) * tile
-    geom = _Geometry(
+    geom = Geometry(
         batch, height, width, out_h, out_w, kh, kw, strides, padding, dilation,
         m_pad,
     )

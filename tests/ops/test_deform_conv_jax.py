@@ -14,10 +14,13 @@ import keras_centernet as kc
 from tests.ops.test_deform_conv import assert_close_to_reference
 from tests.ops.test_deform_conv import load_case
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "jax",
-    reason="the fused deformable convolution is written in Pallas (JAX backend only)",
-)
+pytestmark = [
+    pytest.mark.jax,
+    pytest.mark.skipif(
+        keras.backend.backend() != "jax",
+        reason="the fused deformable convolution is written in Pallas (JAX backend only)",
+    ),
+]
 
 # Small tiles, so that the test shapes span several pixel tiles, channel
 # chunks, output-channel tiles and kernel-gradient strips.
@@ -130,30 +133,33 @@ def test_bfloat16_compute_is_close_to_float32(rng, fused):
         assert error < 1e-2, f"{name}: relative error {error:.3g}"
 
 
-def test_dispatch_defaults_to_reference_and_fused_is_selectable(
-    fixture_path, fused, monkeypatch
+def test_dispatch_defaults_to_xla_and_each_implementation_is_selectable(
+    fixture_path, monkeypatch
 ):
+    from keras_centernet.ops import deform_conv_jax
+    from keras_centernet.ops import deform_conv_xla
+
     c = load_case(fixture_path, "A")
     args = (c["x"], c["offsets"], c["mask"], c["kernel"], c["bias"])
     calls = []
-    original = fused.deform_conv2d
+    for name, module in (("fused", deform_conv_jax), ("xla", deform_conv_xla)):
+        def spy(*a, _original=module.deform_conv2d, _name=name, **k):
+            calls.append(_name)
+            return _original(*a, **k)
 
-    def spy(*a, **k):
-        calls.append(1)
-        return original(*a, **k)
-
-    monkeypatch.setattr(fused, "deform_conv2d", spy)
+        monkeypatch.setattr(module, "deform_conv2d", spy)
     kc.ops.deform_conv2d(*args)
     kc.ops.deform_conv2d(*args, implementation="auto")
+    assert calls == ["xla", "xla"], "under JAX the default must be the XLA version"
     monkeypatch.setenv("KERAS_CENTERNET_DCN", "reference")
     kc.ops.deform_conv2d(*args)
-    assert not calls, "the default must be the keras.ops reference"
+    assert calls == ["xla", "xla"], "KERAS_CENTERNET_DCN=reference ran another version"
     monkeypatch.setenv("KERAS_CENTERNET_DCN", "fused")
     kc.ops.deform_conv2d(*args)
-    assert len(calls) == 1, "KERAS_CENTERNET_DCN=fused did not run the fused kernels"
+    assert calls[-1] == "fused", "KERAS_CENTERNET_DCN=fused did not run the fused kernels"
     monkeypatch.delenv("KERAS_CENTERNET_DCN")
     out = kc.ops.deform_conv2d(*args, implementation="fused")
-    assert calls, "implementation='fused' did not run the fused kernels"
+    assert calls[-1] == "fused", "implementation='fused' did not run the fused kernels"
     assert_close_to_reference(np.asarray(out), c["out"], "fused out")
-    with pytest.raises(ValueError, match="must be 'auto', 'reference' or 'fused'"):
+    with pytest.raises(ValueError, match="must be one of 'auto', 'reference', 'xla', 'fused'"):
         kc.ops.deform_conv2d(*args, implementation="triton")

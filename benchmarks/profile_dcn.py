@@ -1,0 +1,184 @@
+"""Where the GPU time of one deformable convolution's forward+backward goes (JAX backend).
+
+`benchmarks/deform_conv.py` times each implementation of `deform_conv2d`
+whole; this script traces them with `jax.profiler` and puts every GPU kernel in
+a class (`profile_step.kernel_class`: matmuls and convolutions, scatter,
+reduction fusions, elementwise fusions such as the gathers, copies), so that
+the cost of each stage shows: the input gradient's scatter-add, the sampling
+gathers, the matmuls.
+
+    KERAS_BACKEND=jax python benchmarks/profile_dcn.py --output $OUT/profile_dcn.md
+
+A variant is `implementation[:option...]`: `reference`, `xla`, `fused`, and
+for `xla` the options `keep` (`keep_columns=True`: the forward's columns are
+kept for the kernel gradient), `outgrad` (the input gradient scatters the
+Cout-wide output gradient per kernel point, then one matmul, where Cout < Cin)
+and `rows` / `window` (the neighbours are gathered one row each, or as one
+2x2 window; the default depends on the platform).
+`conv` is the plain 3x3 convolution of the same shape.
+"""
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+from deform_conv import make_inputs  # noqa: E402
+from deform_conv import median_ms  # noqa: E402
+from profile_step import CLASSES  # noqa: E402
+from profile_step import kernel_class  # noqa: E402
+from profile_step import kernel_events  # noqa: E402
+
+# (label, spatial size, Cin, Cout): DLA-34's heaviest DCN shapes at 512 px.
+SHAPES = [
+    ("128x128 64->64", 128, 64, 64),
+    ("64x64 128->64", 64, 128, 64),
+    ("64x64 128->128", 64, 128, 128),
+]
+DEFAULT_VARIANTS = ["conv", "reference", "xla", "xla:rows", "xla:window", "xla:keep",
+                    "xla:outgrad"]
+
+
+def make_loss(variant):
+    """`loss(x, offsets, mask, kernel, bias)` of one variant and the arguments it takes."""
+    import jax.numpy as jnp
+    from keras import ops
+
+    from keras_centernet.ops import deform_conv2d
+    from keras_centernet.ops import deform_conv_xla
+
+    name, *options = variant.split(":")
+    if name == "conv":
+        def loss(x, offsets, mask, kernel, bias):
+            del offsets, mask
+            return jnp.sum((ops.conv(x, kernel, padding="same") + bias).astype("float32"))
+        return loss, (0, 3, 4)
+    unknown = set(options) - {"keep", "outgrad", "rows", "window"}
+    if unknown or (options and name != "xla"):
+        raise ValueError(f"unknown variant {variant!r}")
+
+    def loss(x, offsets, mask, kernel, bias):
+        if name == "xla":
+            deform_conv_xla._SCATTER_OUTPUT_GRADIENT = "outgrad" in options
+            forms = [o for o in options if o in ("rows", "window")]
+            deform_conv_xla.GATHER_FORM = forms[0] if forms else None
+            y = deform_conv_xla.deform_conv2d(
+                x, offsets, mask, kernel, bias, keep_columns="keep" in options)
+        else:
+            y = deform_conv2d(x, offsets, mask, kernel, bias, implementation=name)
+        return jnp.sum(y.astype("float32"))
+    return loss, (0, 1, 2, 3, 4)
+
+
+def measure(variant, inputs, dtype, profile_calls=3):
+    """f+b ms, peak bytes and `{class: ms}` of one variant on one input."""
+    import jax
+
+    from keras_centernet.ops import deform_conv_xla
+
+    x, offsets, mask, kernel, bias = [jax.numpy.asarray(a) for a in inputs]
+    x, kernel, bias = (a.astype(dtype) for a in (x, kernel, bias))
+    args = (x, offsets, mask, kernel, bias)
+    loss, argnums = make_loss(variant)
+    fn = jax.jit(jax.grad(loss, argnums=argnums))
+    try:
+        compiled = fn.lower(*args).compile()
+    finally:
+        deform_conv_xla._SCATTER_OUTPUT_GRADIENT = False
+        deform_conv_xla.GATHER_FORM = None
+    analysis = compiled.memory_analysis()
+    peak = None if analysis is None else (
+        analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes)
+    ms = median_ms(lambda: compiled(*args), jax.block_until_ready)
+    trace_dir = tempfile.mkdtemp(prefix="profile_dcn_")
+    jax.profiler.start_trace(trace_dir)
+    for _ in range(profile_calls):
+        out = compiled(*args)
+    jax.block_until_ready(out)
+    jax.profiler.stop_trace()
+    by_class = collections.Counter()
+    by_op = collections.Counter()
+    for kernel_name, hlo_op, duration, _ in kernel_events(trace_dir):
+        kind = kernel_class(kernel_name, hlo_op)
+        by_class[kind] += duration
+        by_op[(hlo_op or kernel_name[:50], kind)] += duration
+    classes = {k: by_class[k] / 1e6 / profile_calls for k in CLASSES}
+    top = [(op, kind, d / 1e6 / profile_calls) for (op, kind), d in by_op.most_common(6)]
+    return ms, peak, classes, top
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", default=DEFAULT_VARIANTS)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    parser.add_argument("--shapes", nargs="+", type=int, default=list(range(len(SHAPES))),
+                        help="indices into SHAPES")
+    parser.add_argument("--budget", type=float, default=300.0)
+    parser.add_argument("--output", default=os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", "profile_dcn.md"))
+    args = parser.parse_args()
+    import jax
+    import keras
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    header = ("| shape | dtype | variant | f+b ms | / conv | kernel ms | "
+              + " | ".join(CLASSES) + " | peak MiB | heaviest kernels (HLO op, class, ms) |")
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    skipped = []
+    for dtype in args.dtypes:
+        for index in args.shapes:
+            label, size, cin, cout = SHAPES[index]
+            inputs = make_inputs(rng, args.batch, size, cin, cout)
+            conv_ms = None
+            for variant in args.variants:
+                if time.perf_counter() - started > args.budget:
+                    skipped.append(f"{label} {dtype} {variant}")
+                    continue
+                if "outgrad" in variant and cout >= cin:
+                    continue  # the option changes nothing there
+                ms, peak, classes, top = measure(variant, inputs, dtype)
+                if variant == "conv":
+                    conv_ms = ms
+                row = [label, dtype, variant, f"{ms:.3f}",
+                       "n/a" if conv_ms is None else f"{ms / conv_ms:.2f}",
+                       f"{sum(classes.values()):.3f}",
+                       *(f"{classes[k]:.3f}" for k in CLASSES),
+                       "n/a" if peak is None else f"{peak / 2**20:.0f}",
+                       "; ".join(f"{op} ({kind}) {d:.3f}" for op, kind, d in top)]
+                rows.append("| " + " | ".join(row) + " |")
+                print(rows[-1], flush=True)
+    device = jax.devices()[0]
+    text = [
+        "# Where a deformable convolution's forward+backward spends its GPU time",
+        "",
+        f"Device: {device.device_kind} ({device.platform}), JAX {jax.__version__}, "
+        f"Keras {keras.__version__}. Batch {args.batch}; offsets N(0, 1.5) px, mask U(0, 1). "
+        "`f+b ms` = median wall time of the compiled gradient w.r.t. every input; the class "
+        "columns are the traced GPU kernel time per call, classed by "
+        "`profile_step.kernel_class` (`convolution` includes the matmuls). Written by "
+        "`benchmarks/profile_dcn.py`; its docstring names the variants.",
+        "",
+        *rows,
+        "",
+    ]
+    if skipped:
+        text += [f"Not run (the {args.budget:.0f} s budget ran out): " + "; ".join(skipped) + ".", ""]
+    common.write_text(args.output, "\n".join(text))
+    print(f"written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""Modulated deformable convolution (DCNv2) for the JAX backend, with its own gradient.
+
+The `keras.ops` version (`deform_conv.py`) is differentiated automatically: XLA
+keeps what the forward pass gathered for the backward pass, gathers and scatters
+each of the four bilinear neighbours separately, and reduces each neighbour's
+channel products on its own. Here the function is the same but the gradient is
+written by hand (`jax.custom_vjp`):
+
+* each sample's 2x2 neighbourhood is read with one gather of a (2, 2, Cin)
+  window of the zero-padded input, in the input's own dtype (bfloat16 under
+  mixed precision: half the bytes of gathering float32, and the same values);
+* the forward pass keeps only its inputs; the backward pass gathers the
+  neighbourhoods again (cheaper than storing them) for the kernel gradient and
+  for the four channel sums per sample that give the offset and mask
+  gradients, all in one pass over the column gradient;
+* the input gradient is one float32 scatter-add of (2, 2, Cin) windows.
+
+Selected by `deform_conv2d(..., implementation="xla")`, and by `"auto"` under
+the JAX backend (`deform_conv.py`).
+"""
+
+import collections
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from keras_centernet.ops.deform_conv import conv_geometry
+from keras_centernet.ops.deform_conv import validate_deform_conv_args
+
+# Options, measured in benchmarks/profile_dcn.py: keep the forward's columns
+# for the kernel gradient (else sampled again); how neighbours are gathered
+# (None: by platform, see `_gather_form`); scatter the output gradient
+# instead of the column gradient where Cout < Cin.
+KEEP_COLUMNS = False
+GATHER_FORM = None
+_SCATTER_OUTPUT_GRADIENT = False
+
+Geometry = collections.namedtuple(
+    "Geometry",
+    "batch height width out_h out_w kh kw strides padding dilation m_pad",
+)
+Geometry.__doc__ = """Static sizes of one deformable convolution.
+
+`m_pad` is the number of flat output pixels the operands are padded to
+(`batch * out_h * out_w` here; the Pallas kernels round it up to a tile).
+"""
+
+
+def geometry_terms(rows, k, dy, dx, m, geom):
+    """Sampling terms of kernel point `k` for flat output pixels `rows`.
+
+    Shared by the Pallas kernels (on `(block,)` vectors) and the XLA version
+    (on whole arrays, `rows` and `k` broadcast against each other), so that
+    both compute the same float32 arithmetic as the `keras.ops` reference.
+
+    Returns `(top_left, ly, lx, weight, inside)`: the flat row of the top-left
+    neighbour in the zero-padded input flattened to (B * (H + 2) * (W + 2),
+    C), the fractional parts of the offsets, the mask where the sample lies
+    inside `(-1, H) x (-1, W)` (else 0), and that inside flag.
+    """
+    per_image = geom.out_h * geom.out_w
+    b = lax.div(rows, per_image)
+    rem = rows - b * per_image
+    oh = lax.div(rem, geom.out_w)
+    ow = rem - oh * geom.out_w
+    i = lax.div(k, geom.kw) if not isinstance(k, int) else k // geom.kw
+    j = k - i * geom.kw
+    base_h = oh * geom.strides[0] - geom.padding[0] + i * geom.dilation[0]
+    base_w = ow * geom.strides[1] - geom.padding[1] + j * geom.dilation[1]
+    # Integer and fractional parts are split first: the interpolation weights
+    # stay exact in float32 (no rounding of `base + offset`).
+    fy = jnp.floor(dy)
+    fx = jnp.floor(dx)
+    ly = dy - fy
+    lx = dx - fx
+    h0 = fy.astype(jnp.int32) + base_h
+    w0 = fx.astype(jnp.int32) + base_w
+    h = base_h.astype(jnp.float32) + dy
+    w = base_w.astype(jnp.float32) + dx
+    # DCNv2 zeroes a sample whose position lies outside (-1, H) x (-1, W).
+    inside = (
+        (h > -1.0) & (h < float(geom.height)) & (w > -1.0) & (w < float(geom.width))
+    )
+    weight = jnp.where(inside, m, jnp.zeros_like(m))
+    # In the zero-padded input every neighbour of an inside sample lies in
+    # [0, H + 1] x [0, W + 1]; the others are clipped there (weight 0).
+    padded_w = geom.width + 2
+    h0 = jnp.clip(h0 + 1, 0, geom.height)
+    w0 = jnp.clip(w0 + 1, 0, geom.width)
+    top_left = b * ((geom.height + 2) * padded_w) + h0 * padded_w + w0
+    return top_left, ly, lx, weight, inside
+
+
+def offset_and_mask_grads(sums, ly, lx, weight, inside):
+    """Offset and mask gradients of every sample from its four neighbour sums.
+
+    `sums[..., c]` is the sum over input channels of the column gradient
+    times neighbour `c` (top-left, top-right, bottom-left, bottom-right). The
+    other arguments are those of `geometry_terms`, shaped like one sum.
+    Returns `(d_offsets, d_mask)` with a trailing axis (dy, dx) on the first.
+    """
+    s00, s01, s10, s11 = (sums[..., c] for c in range(4))
+    bilinear = (
+        (1.0 - ly) * (1.0 - lx) * s00 + (1.0 - ly) * lx * s01
+        + ly * (1.0 - lx) * s10 + ly * lx * s11
+    )
+    d_mask = jnp.where(inside, bilinear, jnp.zeros_like(bilinear))
+    d_dy = weight * ((1.0 - lx) * (s10 - s00) + lx * (s11 - s01))
+    d_dx = weight * ((1.0 - ly) * (s01 - s00) + ly * (s11 - s10))
+    return jnp.stack([d_dy, d_dx], axis=-1), d_mask
+
+
+_WINDOW_GATHER = lax.GatherDimensionNumbers(
+    offset_dims=(2, 3, 4), collapsed_slice_dims=(), start_index_map=(0, 1)
+)
+_WINDOW_SCATTER = lax.ScatterDimensionNumbers(
+    update_window_dims=(2, 3, 4), inserted_window_dims=(),
+    scatter_dims_to_operand_dims=(0, 1),
+)
+
+
+def _sampling(offsets, mask, geom):
+    """Window starts (M, K, 2), corner weights (M, K, 2, 2) and the terms."""
+    num_points = geom.kh * geom.kw
+    rows = jnp.arange(geom.m_pad, dtype=jnp.int32)[:, None]
+    points = jnp.arange(num_points, dtype=jnp.int32)[None, :]
+    top_left, ly, lx, weight, inside = geometry_terms(
+        rows, points, offsets[:, 0::2], offsets[:, 1::2], mask, geom
+    )
+    padded_w = geom.width + 2
+    starts = jnp.stack([top_left // padded_w, top_left % padded_w], axis=-1)
+    corners = jnp.stack(
+        [
+            jnp.stack([(1.0 - ly) * (1.0 - lx), (1.0 - ly) * lx], axis=-1),
+            jnp.stack([ly * (1.0 - lx), ly * lx], axis=-1),
+        ],
+        axis=-2,
+    ) * weight[..., None, None]
+    return starts, corners, (ly, lx, weight, inside)
+
+
+def _gather_form():
+    """"window" (one gather of 2x2 windows) or "rows" (one gather per neighbour)."""
+    if GATHER_FORM is not None:
+        return GATHER_FORM
+    # XLA:CPU gathers rows 3-4x faster than 2x2 windows (128x128x64: 23-32 ms
+    # against 101-123 ms on 2 cores); a GPU takes one window gather.
+    return "rows" if jax.default_backend() == "cpu" else "window"
+
+
+def _neighbours(x_rows, starts):
+    """The four neighbours (top-left, top-right, bottom-left, bottom-right), each (M, K, C).
+
+    `x_rows` is the zero-padded input viewed as (B * (H + 2), W + 2, C), in
+    its own dtype; `starts` the (row, column) of every top-left neighbour.
+    """
+    channels = x_rows.shape[-1]
+    if _gather_form() == "window":
+        window = lax.gather(
+            x_rows, starts, _WINDOW_GATHER, slice_sizes=(2, 2, channels),
+            mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+        )
+        return [window[:, :, i, j] for i in (0, 1) for j in (0, 1)]
+    padded_w = x_rows.shape[1]
+    flat = x_rows.reshape(-1, channels)
+    top_left = starts[..., 0] * padded_w + starts[..., 1]
+    return [
+        jnp.take(flat, top_left + (i * padded_w + j), axis=0,
+                 mode="clip")
+        for i in (0, 1) for j in (0, 1)
+    ]
+
+
+def _columns(x_rows, starts, corners, compute_dtype):
+    """The (M, K * C) sampled columns, mixed in float32, in `compute_dtype`."""
+    columns = None
+    # The reference's order of float32 sums (top-left first), so that the
+    # columns are the same numbers.
+    for value, corner in zip(_neighbours(x_rows, starts), _corner_list(corners)):
+        term = value.astype(jnp.float32) * corner[..., None]
+        columns = term if columns is None else columns + term
+    return columns.astype(compute_dtype).reshape(columns.shape[0], -1)
+
+
+def _corner_list(corners):
+    return [corners[:, :, i, j] for i in (0, 1) for j in (0, 1)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _deform_matmul(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
+    starts, corners, _ = _sampling(offsets, mask, geom)
+    columns = _columns(x_rows, starts, corners, kernel_matrix.dtype)
+    return jnp.matmul(columns, kernel_matrix)
+
+
+def _deform_matmul_fwd(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
+    starts, corners, _ = _sampling(offsets, mask, geom)
+    columns = _columns(x_rows, starts, corners, kernel_matrix.dtype)
+    out = jnp.matmul(columns, kernel_matrix)
+    kept = columns if keep_columns else None
+    return out, (x_rows, offsets, mask, kernel_matrix, kept)
+
+
+def _deform_matmul_bwd(geom, keep_columns, residuals, g):
+    x_rows, offsets, mask, kernel_matrix, columns = residuals
+    num_points = geom.kh * geom.kw
+    cin = x_rows.shape[-1]
+    starts, corners, terms = _sampling(offsets, mask, geom)
+    g = g.astype(kernel_matrix.dtype)
+    if columns is None:
+        columns = _columns(x_rows, starts, corners, kernel_matrix.dtype)
+    d_kernel = jnp.matmul(columns.T, g)
+    d_columns = jnp.matmul(g, kernel_matrix.T).reshape(geom.m_pad, num_points, cin)
+    d_columns = d_columns.astype(jnp.float32)
+    sums = jnp.stack(
+        [jnp.sum(d_columns * value.astype(jnp.float32), axis=-1)
+         for value in _neighbours(x_rows, starts)],
+        axis=-1,
+    )
+    d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
+    if _SCATTER_OUTPUT_GRADIENT and kernel_matrix.shape[1] < cin:
+        d_x = _input_grad_from_output_space(g, corners, starts, kernel_matrix, x_rows.shape)
+    else:
+        d_x = lax.scatter_add(
+            jnp.zeros(x_rows.shape, jnp.float32), starts,
+            d_columns[:, :, None, None, :] * corners[..., None], _WINDOW_SCATTER,
+            mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+        )
+    return (
+        d_x.astype(x_rows.dtype),
+        d_offsets.reshape(offsets.shape),
+        d_mask,
+        d_kernel.astype(kernel_matrix.dtype),
+    )
+
+
+
+_POINT_SCATTER = lax.ScatterDimensionNumbers(
+    update_window_dims=(2, 3, 4), inserted_window_dims=(2,),
+    scatter_dims_to_operand_dims=(0, 1, 2),
+)
+
+
+def _input_grad_from_output_space(g, corners, starts, kernel_matrix, x_shape):
+    """Input gradient scattering the (Cout-wide) output gradient per kernel point.
+
+    dx = sum_k scatter_k(g * bilinear weight) @ W_k^T: fewer atomic adds than
+    scattering the (Cin-wide) column gradient when Cout < Cin.
+    """
+    m, num_points = starts.shape[:2]
+    cout = kernel_matrix.shape[1]
+    cin = kernel_matrix.shape[0] // num_points
+    points = jnp.broadcast_to(jnp.arange(num_points, dtype=jnp.int32)[None, :, None],
+                              (m, num_points, 1))
+    indices = jnp.concatenate([starts, points], axis=-1)
+    updates = g.astype(jnp.float32)[:, None, None, None, :] * corners[..., None]
+    buffer = lax.scatter_add(
+        jnp.zeros((*x_shape[:2], num_points, cout), jnp.float32), indices, updates,
+        _POINT_SCATTER, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+    kernel_t = jnp.transpose(kernel_matrix.reshape(num_points, cin, cout), (0, 2, 1))
+    d_x = jnp.matmul(
+        buffer.reshape(-1, num_points * cout).astype(kernel_matrix.dtype),
+        kernel_t.reshape(num_points * cout, cin),
+        preferred_element_type=jnp.float32,
+    )
+    return d_x.reshape(x_shape)
+
+
+_deform_matmul.defvjp(_deform_matmul_fwd, _deform_matmul_bwd)
+
+
+def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
+                  dilation=1, keep_columns=None):
+    """Modulated deformable 2D convolution (DCNv2) with a hand-written gradient.
+
+    The same function as `keras_centernet.ops.deform_conv.deform_conv2d`
+    (see there for the sampling rule and the layouts), for `jax.Array`
+    inputs of static shape: the bilinear weights and the mixing of the four
+    neighbours are float32, the matmul runs in the dtype of `kernel` (the
+    compute dtype under mixed precision) as in the reference. The gradient
+    differs from the reference's automatic one only in the order of float32
+    additions (the input gradient is a scatter-add, so its last bits may vary
+    between runs on a GPU).
+
+    Args:
+        x: array (B, H, W, Cin). The input; gathered in its own dtype.
+        offsets: array (B, Ho, Wo, 2 * kh * kw), (dy, dx) per kernel point.
+        mask: array (B, Ho, Wo, kh * kw). Modulation, already in (0, 1).
+        kernel: array (kh, kw, Cin, Cout).
+        bias: optional array (Cout,).
+        strides: int or pair. Defaults to 1.
+        padding: int or pair. Defaults to 1.
+        dilation: int or pair. Defaults to 1.
+        keep_columns: bool. Keep the forward pass's sampled columns
+            (`B * Ho * Wo * kh * kw * Cin` values in the dtype of `kernel`) for
+            the kernel gradient instead of sampling them again in the
+            backward pass: faster, more memory. Defaults to the module's
+            `KEEP_COLUMNS`.
+
+    Returns:
+        Array (B, Ho, Wo, Cout) in the dtype of `kernel`.
+
+    Example (the same values as the `keras.ops` reference):
+
+    >>> import numpy as np
+    >>> from keras_centernet.ops import deform_conv as reference
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(2, 6, 6, 4)).astype("float32")
+    >>> offsets = rng.normal(size=(2, 6, 6, 18)).astype("float32")
+    >>> mask = rng.uniform(size=(2, 6, 6, 9)).astype("float32")
+    >>> kernel = rng.normal(size=(3, 3, 4, 5)).astype("float32")
+    >>> y = deform_conv2d(x, offsets, mask, kernel)
+    >>> expected = reference.deform_conv2d(x, offsets, mask, kernel, implementation="reference")
+    >>> bool(np.allclose(y, expected, atol=1e-4))
+    True
+    """
+    strides, padding, dilation = conv_geometry(strides, padding, dilation)
+    x = jnp.asarray(x)
+    offsets = jnp.asarray(offsets)
+    mask = jnp.asarray(mask)
+    kernel = jnp.asarray(kernel)
+    out_h, out_w = validate_deform_conv_args(
+        x.shape, offsets.shape, mask.shape, kernel.shape,
+        None if bias is None else jnp.shape(bias), strides, padding, dilation,
+    )
+    batch, height, width, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    num_pixels = batch * out_h * out_w
+    geom = Geometry(
+        batch, height, width, out_h, out_w, kh, kw, strides, padding, dilation,
+        num_pixels,
+    )
+    x_rows = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)]).reshape(
+        batch * (height + 2), width + 2, cin
+    )
+    y = _deform_matmul(
+        x_rows,
+        offsets.astype(jnp.float32).reshape(num_pixels, 2 * kh * kw),
+        mask.astype(jnp.float32).reshape(num_pixels, kh * kw),
+        kernel.reshape(kh * kw * cin, cout),
+        geom,
+        bool(KEEP_COLUMNS if keep_columns is None else keep_columns),
+    )
+    if bias is not None:
+        y = y + jnp.asarray(bias).astype(y.dtype)
+    return y.reshape(batch, out_h, out_w, cout)

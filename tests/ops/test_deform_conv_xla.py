@@ -1,0 +1,174 @@
+"""`deform_conv2d(implementation="xla")`: JAX's gather/scatter with a hand-written gradient.
+
+The gradient is written by hand (`jax.custom_vjp`), so every gradient is checked
+against the official DCNv2 fixtures and against the automatic gradient of the
+`keras.ops` reference, in each of its options.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from tests.ops.test_deform_conv import assert_close_to_reference
+from tests.ops.test_deform_conv import load_case
+
+pytestmark = [
+    pytest.mark.jax,
+    pytest.mark.skipif(
+        keras.backend.backend() != "jax",
+        reason="implementation='xla' uses jax.custom_vjp (JAX backend only)",
+    ),
+]
+
+GRADIENT_NAMES = ["x", "offsets", "mask", "kernel", "bias"]
+
+
+@pytest.fixture
+def xla():
+    from keras_centernet.ops import deform_conv_xla
+
+    return deform_conv_xla
+
+
+def _value_and_grads(fn, args, g):
+    import jax
+    import jax.numpy as jnp
+
+    def loss(*a):
+        return jnp.sum(fn(*a).astype(jnp.float32) * g)
+
+    out = jax.jit(fn)(*args)
+    grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)
+    return np.asarray(out), [np.asarray(a) for a in grads]
+
+
+def _random_inputs(rng, batch, height, width, cin, cout, out_h, out_w, scale=2.0):
+    return (
+        rng.normal(size=(batch, height, width, cin)).astype("float32"),
+        rng.normal(0.0, scale, size=(batch, out_h, out_w, 18)).astype("float32"),
+        rng.uniform(0.0, 1.0, size=(batch, out_h, out_w, 9)).astype("float32"),
+        (rng.normal(size=(3, 3, cin, cout)) / np.sqrt(9 * cin)).astype("float32"),
+        rng.normal(size=(cout,)).astype("float32"),
+    )
+
+
+@pytest.mark.parametrize("keep_columns", [False, True])
+@pytest.mark.parametrize("case", ["A", "B", "C", "D"])
+def test_forward_and_gradients_match_official(fixture_path, xla, case, keep_columns):
+    c = load_case(fixture_path, case)
+
+    def fn(x, offsets, mask, kernel, bias):
+        return xla.deform_conv2d(
+            x, offsets, mask, kernel, bias, strides=c["strides"],
+            padding=c["padding"], dilation=c["dilation"], keep_columns=keep_columns,
+        )
+
+    out, grads = _value_and_grads(
+        fn, (c["x"], c["offsets"], c["mask"], c["kernel"], c["bias"]), c["g"]
+    )
+    assert_close_to_reference(out, c["out"], f"{case} out")
+    for name, grad in zip(GRADIENT_NAMES, grads):
+        assert_close_to_reference(grad, c[f"d_{name}"], f"{case} d_{name}")
+
+
+@pytest.mark.parametrize(
+    "strides, dilation, padding, cin, cout",
+    [(1, 1, 1, 8, 12), (1, 2, 2, 12, 8), (2, 1, 1, 10, 6), (1, 1, 0, 4, 4)],
+)
+def test_matches_reference_values_and_gradients(rng, xla, strides, dilation, padding, cin, cout):
+    # Offsets of 2.5 px (sd) put many samples across the border and outside
+    # (-1, H) x (-1, W); the truth is the automatic gradient of the reference.
+    height, width = 9, 11
+    span = 2 * dilation + 1
+    out_h = (height + 2 * padding - span) // strides + 1
+    out_w = (width + 2 * padding - span) // strides + 1
+    args = _random_inputs(rng, 2, height, width, cin, cout, out_h, out_w, scale=2.5)
+    g = rng.normal(size=(2, out_h, out_w, cout)).astype("float32")
+    kwargs = dict(strides=strides, padding=padding, dilation=dilation)
+    ref_out, ref_grads = _value_and_grads(
+        lambda *a: xla_reference(*a, **kwargs), args, g
+    )
+    out, grads = _value_and_grads(lambda *a: xla.deform_conv2d(*a, **kwargs), args, g)
+    assert_close_to_reference(out, ref_out, "out")
+    for name, grad, ref in zip(GRADIENT_NAMES, grads, ref_grads):
+        assert_close_to_reference(grad, ref, f"d_{name}")
+
+
+def xla_reference(*args, **kwargs):
+    import keras_centernet as kc
+
+    return kc.ops.deform_conv2d(*args, implementation="reference", **kwargs)
+
+
+def test_hand_computed_gradients_of_one_sample(xla):
+    # One pixel, a 1x1 kernel, one channel: y = m * bilinear(x, 0.25, 0.5) * k.
+    # x = [[1, 2], [3, 4]]; sampling at (0.25, 0.5): the value is
+    # 0.75 * (0.5 * 1 + 0.5 * 2) + 0.25 * (0.5 * 3 + 0.5 * 4) = 2.0.
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 2, 2, 1)
+    offsets = jnp.zeros((1, 2, 2, 2)).at[0, 0, 0].set(jnp.array([0.25, 0.5]))
+    mask = jnp.full((1, 2, 2, 1), 0.5)
+    kernel = jnp.full((1, 1, 1, 1), 3.0)
+
+    def y00(x, offsets, mask, kernel):
+        return xla.deform_conv2d(x, offsets, mask, kernel, padding=0)[0, 0, 0, 0]
+
+    value = y00(x, offsets, mask, kernel)
+    dx, doff, dmask, dkernel = jax.grad(y00, argnums=(0, 1, 2, 3))(x, offsets, mask, kernel)
+    np.testing.assert_allclose(value, 0.5 * 2.0 * 3.0, rtol=1e-6)
+    # d/dx: m * k * bilinear weights (0.375, 0.375, 0.125, 0.125).
+    np.testing.assert_allclose(
+        np.asarray(dx).ravel(), 1.5 * np.array([0.375, 0.375, 0.125, 0.125]), rtol=1e-6)
+    # d/dy = m * k * (bottom row - top row at lx = 0.5) = 1.5 * (3.5 - 1.5);
+    # d/dx = m * k * (right column - left column at ly = 0.25) = 1.5 * (2.5 - 1.5).
+    np.testing.assert_allclose(np.asarray(doff)[0, 0, 0], [3.0, 1.5], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(doff)[0, 1:].ravel(), 0.0)
+    np.testing.assert_allclose(np.asarray(dmask)[0, 0, 0, 0], 2.0 * 3.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(dkernel).ravel(), [0.5 * 2.0], rtol=1e-6)
+
+
+def test_output_space_input_gradient_matches(rng, xla, monkeypatch):
+    # Cout < Cin: the input gradient may scatter the output gradient per kernel
+    # point and multiply by the kernel afterwards; same values.
+    monkeypatch.setattr(xla, "_SCATTER_OUTPUT_GRADIENT", True)
+    args = _random_inputs(rng, 2, 7, 8, 12, 5, 7, 8)
+    g = rng.normal(size=(2, 7, 8, 5)).astype("float32")
+    ref_out, ref_grads = _value_and_grads(xla_reference, args, g)
+    out, grads = _value_and_grads(xla.deform_conv2d, args, g)
+    assert_close_to_reference(out, ref_out, "out")
+    for name, grad, ref in zip(GRADIENT_NAMES, grads, ref_grads):
+        assert_close_to_reference(grad, ref, f"d_{name}")
+
+
+def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla):
+    # Mixed precision: bf16 input, kernel and bias, float32 offsets and mask.
+    # The truth is the float32 reference on the same (bf16-rounded) values;
+    # the XLA version must be about as close to it as the reference run in
+    # bf16 (both round the columns and the products to bf16, in different
+    # orders of float32 sums).
+    import jax.numpy as jnp
+
+    x, offsets, mask, kernel, bias = _random_inputs(rng, 2, 8, 8, 16, 16, 8, 8)
+    bf16 = [jnp.asarray(a, jnp.bfloat16) for a in (x, kernel, bias)]
+    args = (bf16[0], offsets, mask, bf16[1], bf16[2])
+    truth_args = (bf16[0].astype(jnp.float32), offsets, mask, bf16[1].astype(jnp.float32),
+                  bf16[2].astype(jnp.float32))
+    g = rng.normal(size=(2, 8, 8, 16)).astype("float32")
+    out, grads = _value_and_grads(xla.deform_conv2d, args, g)
+    ref_out, ref_grads = _value_and_grads(xla_reference, args, g)
+    true_out, true_grads = _value_and_grads(xla_reference, truth_args, g)
+    assert out.dtype == jnp.bfloat16
+    assert [a.dtype for a in grads] == [a.dtype for a in ref_grads]
+
+    def error(a, b):
+        a = np.asarray(a, "float32")
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    for name, a, r, t in zip(["out", *GRADIENT_NAMES], [out, *grads], [ref_out, *ref_grads],
+                             [true_out, *true_grads]):
+        ours, theirs = error(a, t), error(r, t)
+        assert ours < 3e-2, f"{name}: relative error {ours:.3g} to float32"
+        assert ours <= 2.0 * theirs + 2e-3, (
+            f"{name}: relative error {ours:.3g} against the reference's {theirs:.3g} in bf16")
