@@ -370,13 +370,17 @@ def main():
         "",
         f"Device: {device_name} ({platform}), JAX {jax.__version__}, Keras {keras.__version__}. "
         "512 px input; offsets N(0, 1.5) px, mask U(0, 1). Median of >= 20 timed calls after "
-        "warm-up. `ref` = the keras.ops gather + matmul (`implementation=\"reference\"`), "
-        "`fused` = the Pallas kernels (`implementation=\"fused\"`, the default on a GPU), "
+        "warm-up. `ref` = the keras.ops gather + matmul with automatic gradients "
+        "(`implementation=\"reference\"`), `xla` = the same gathers with a hand-written "
+        "gradient (`implementation=\"xla\"`, the default under JAX), `fused` = the Pallas "
+        "kernels (`implementation=\"fused\"`), "
         "`tv` = torchvision.ops.deform_conv2d (CUDA, float32 only), `conv` = a plain 3x3 "
         "convolution of the same shape, `f+b` = forward and gradients w.r.t. every input. "
         "float32 uses XLA's default matmul precision on GPU (TF32); bfloat16 casts input, "
         "kernel and bias as mixed precision does. Ratios > 1 in `tv/...` and `ref/...` mean "
-        "the second is faster.",
+        "the second is faster. With `xla` timed: `sample ms` = its forward's gathers and "
+        "mixing into the columns alone, `scatter ms` = its input gradient's float32 "
+        "scatter-add alone, from updates already in memory.",
         "",
         "## Per layer shape",
         "",

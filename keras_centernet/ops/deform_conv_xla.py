@@ -6,9 +6,12 @@ each of the four bilinear neighbours separately, and reduces each neighbour's
 channel products on its own. Here the function is the same but the gradient is
 written by hand (`jax.custom_vjp`):
 
-* each sample's 2x2 neighbourhood is read with one gather of a (2, 2, Cin)
-  window of the zero-padded input, in the input's own dtype (bfloat16 under
-  mixed precision: half the bytes of gathering float32, and the same values);
+* each sample's 2x2 neighbourhood is read from the zero-padded input in the
+  input's own dtype (bfloat16 under mixed precision: half the bytes of
+  gathering float32, and the same values), with one gather of (2, 2, Cin)
+  windows on a GPU and one row gather per neighbour on a CPU (faster there),
+  and mixed in float32 in the reference's order, so the columns are the
+  reference's numbers;
 * the forward pass keeps only its inputs; the backward pass gathers the
   neighbourhoods again (cheaper than storing them) for the kernel gradient and
   for the four channel sums per sample that give the offset and mask
@@ -234,7 +237,6 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
         d_mask,
         d_kernel.astype(kernel_matrix.dtype),
     )
-
 
 
 _POINT_SCATTER = lax.ScatterDimensionNumbers(
