@@ -11,9 +11,7 @@ gathers, the matmuls.
 
 A variant is `implementation[:option...]`: `reference`, `xla`, `fused`, and
 for `xla` the options `keep` (`keep_columns=True`: the forward's columns are
-kept for the kernel gradient), `outgrad` (the input gradient scatters the
-Cout-wide output gradient per kernel point, then one matmul, where Cout < Cin)
-and `rows` / `window` (the neighbours are gathered one row each, or as one
+kept for the kernel gradient) and `rows` / `window` (the neighbours are gathered one row each, or as one
 2x2 window; the default depends on the platform).
 `conv` is the plain 3x3 convolution of the same shape.
 """
@@ -45,8 +43,7 @@ SHAPES = [
     ("64x64 128->64", 64, 128, 64),
     ("64x64 128->128", 64, 128, 128),
 ]
-DEFAULT_VARIANTS = ["conv", "reference", "xla", "xla:rows", "xla:window", "xla:keep",
-                    "xla:outgrad"]
+DEFAULT_VARIANTS = ["conv", "reference", "xla", "xla:rows", "xla:window", "xla:keep"]
 
 
 def make_loss(variant):
@@ -63,13 +60,12 @@ def make_loss(variant):
             del offsets, mask
             return jnp.sum((ops.conv(x, kernel, padding="same") + bias).astype("float32"))
         return loss, (0, 3, 4)
-    unknown = set(options) - {"keep", "outgrad", "rows", "window"}
+    unknown = set(options) - {"keep", "rows", "window"}
     if unknown or (options and name != "xla"):
         raise ValueError(f"unknown variant {variant!r}")
 
     def loss(x, offsets, mask, kernel, bias):
         if name == "xla":
-            deform_conv_xla._SCATTER_OUTPUT_GRADIENT = "outgrad" in options
             forms = [o for o in options if o in ("rows", "window")]
             deform_conv_xla.GATHER_FORM = forms[0] if forms else None
             y = deform_conv_xla.deform_conv2d(
@@ -94,7 +90,6 @@ def measure(variant, inputs, dtype, profile_calls=3):
     try:
         compiled = fn.lower(*args).compile()
     finally:
-        deform_conv_xla._SCATTER_OUTPUT_GRADIENT = False
         deform_conv_xla.GATHER_FORM = None
     analysis = compiled.memory_analysis()
     peak = None if analysis is None else (
@@ -147,8 +142,6 @@ def main():
                 if time.perf_counter() - started > args.budget:
                     skipped.append(f"{label} {dtype} {variant}")
                     continue
-                if "outgrad" in variant and cout >= cin:
-                    continue  # the option changes nothing there
                 ms, peak, classes, top = measure(variant, inputs, dtype)
                 if variant == "conv":
                     conv_ms = ms

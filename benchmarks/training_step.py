@@ -187,7 +187,6 @@ def worker(args):
 
         options = options.split(",")
         deform_conv_xla.KEEP_COLUMNS = "keep" in options
-        deform_conv_xla._SCATTER_OUTPUT_GRADIENT = "outgrad" in options
         forms = [o for o in options if o in ("rows", "window")]
         deform_conv_xla.GATHER_FORM = forms[0] if forms else None
 

@@ -34,11 +34,9 @@ from keras_centernet.ops.deform_conv import validate_deform_conv_args
 
 # Options, measured in benchmarks/profile_dcn.py: keep the forward's columns
 # for the kernel gradient (else sampled again); how neighbours are gathered
-# (None: by platform, see `_gather_form`); scatter the output gradient
-# instead of the column gradient where Cout < Cin.
+# (None: by platform, see `_gather_form`).
 KEEP_COLUMNS = False
 GATHER_FORM = None
-_SCATTER_OUTPUT_GRADIENT = False
 
 Geometry = collections.namedtuple(
     "Geometry",
@@ -223,52 +221,17 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
         axis=-1,
     )
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
-    if _SCATTER_OUTPUT_GRADIENT and kernel_matrix.shape[1] < cin:
-        d_x = _input_grad_from_output_space(g, corners, starts, kernel_matrix, x_rows.shape)
-    else:
-        d_x = lax.scatter_add(
-            jnp.zeros(x_rows.shape, jnp.float32), starts,
-            d_columns[:, :, None, None, :] * corners[..., None], _WINDOW_SCATTER,
-            mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
-        )
+    d_x = lax.scatter_add(
+        jnp.zeros(x_rows.shape, jnp.float32), starts,
+        d_columns[:, :, None, None, :] * corners[..., None], _WINDOW_SCATTER,
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
     return (
         d_x.astype(x_rows.dtype),
         d_offsets.reshape(offsets.shape),
         d_mask,
         d_kernel.astype(kernel_matrix.dtype),
     )
-
-
-_POINT_SCATTER = lax.ScatterDimensionNumbers(
-    update_window_dims=(2, 3, 4), inserted_window_dims=(2,),
-    scatter_dims_to_operand_dims=(0, 1, 2),
-)
-
-
-def _input_grad_from_output_space(g, corners, starts, kernel_matrix, x_shape):
-    """Input gradient scattering the (Cout-wide) output gradient per kernel point.
-
-    dx = sum_k scatter_k(g * bilinear weight) @ W_k^T: fewer atomic adds than
-    scattering the (Cin-wide) column gradient when Cout < Cin.
-    """
-    m, num_points = starts.shape[:2]
-    cout = kernel_matrix.shape[1]
-    cin = kernel_matrix.shape[0] // num_points
-    points = jnp.broadcast_to(jnp.arange(num_points, dtype=jnp.int32)[None, :, None],
-                              (m, num_points, 1))
-    indices = jnp.concatenate([starts, points], axis=-1)
-    updates = g.astype(jnp.float32)[:, None, None, None, :] * corners[..., None]
-    buffer = lax.scatter_add(
-        jnp.zeros((*x_shape[:2], num_points, cout), jnp.float32), indices, updates,
-        _POINT_SCATTER, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
-    )
-    kernel_t = jnp.transpose(kernel_matrix.reshape(num_points, cin, cout), (0, 2, 1))
-    d_x = jnp.matmul(
-        buffer.reshape(-1, num_points * cout).astype(kernel_matrix.dtype),
-        kernel_t.reshape(num_points * cout, cin),
-        preferred_element_type=jnp.float32,
-    )
-    return d_x.reshape(x_shape)
 
 
 _deform_matmul.defvjp(_deform_matmul_fwd, _deform_matmul_bwd)
@@ -299,8 +262,8 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
         keep_columns: bool. Keep the forward pass's sampled columns
             (`B * Ho * Wo * kh * kw * Cin` values in the dtype of `kernel`) for
             the kernel gradient instead of sampling them again in the
-            backward pass: faster, more memory. Defaults to the module's
-            `KEEP_COLUMNS`.
+            backward pass: one sampling less, the columns' memory more.
+            Defaults to the module's `KEEP_COLUMNS` (False).
 
     Returns:
         Array (B, Ho, Wo, Cout) in the dtype of `kernel`.
