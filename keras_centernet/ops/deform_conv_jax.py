@@ -35,9 +35,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from keras_centernet.ops.deform_conv import conv_geometry
-from keras_centernet.ops.deform_conv import validate_deform_conv_args
 from keras_centernet.ops.deform_conv_xla import Geometry
+from keras_centernet.ops.deform_conv_xla import checked_operands
 from keras_centernet.ops.deform_conv_xla import geometry_terms
 from keras_centernet.ops.deform_conv_xla import offset_and_mask_grads
 
@@ -367,14 +366,8 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
     >>> bool(np.allclose(fused, expected, atol=1e-4))
     True
     """
-    strides, padding, dilation = conv_geometry(strides, padding, dilation)
-    x = jnp.asarray(x)
-    offsets = jnp.asarray(offsets)
-    mask = jnp.asarray(mask)
-    kernel = jnp.asarray(kernel)
-    out_h, out_w = validate_deform_conv_args(
-        x.shape, offsets.shape, mask.shape, kernel.shape,
-        None if bias is None else jnp.shape(bias), strides, padding, dilation,
+    x, offsets, mask, kernel, (strides, padding, dilation), (out_h, out_w) = (
+        checked_operands(x, offsets, mask, kernel, bias, strides, padding, dilation)
     )
     config = DEFAULT_CONFIG if config is None else config
     if interpret is None:

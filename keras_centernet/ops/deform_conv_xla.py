@@ -113,6 +113,20 @@ def offset_and_mask_grads(sums, ly, lx, weight, inside):
     return jnp.stack([d_dy, d_dx], axis=-1), d_mask
 
 
+def checked_operands(x, offsets, mask, kernel, bias, strides, padding, dilation):
+    """The operands as `jax.Array`s, the geometry as pairs and `(out_h, out_w)`.
+
+    Raises the `ValueError` of `validate_deform_conv_args` for bad shapes.
+    """
+    strides, padding, dilation = conv_geometry(strides, padding, dilation)
+    x, offsets, mask, kernel = (jnp.asarray(a) for a in (x, offsets, mask, kernel))
+    out_size = validate_deform_conv_args(
+        x.shape, offsets.shape, mask.shape, kernel.shape,
+        None if bias is None else jnp.shape(bias), strides, padding, dilation,
+    )
+    return x, offsets, mask, kernel, (strides, padding, dilation), out_size
+
+
 _WINDOW_GATHER = lax.GatherDimensionNumbers(
     offset_dims=(2, 3, 4), collapsed_slice_dims=(), start_index_map=(0, 1)
 )
@@ -282,14 +296,8 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
     >>> bool(np.allclose(y, expected, atol=1e-4))
     True
     """
-    strides, padding, dilation = conv_geometry(strides, padding, dilation)
-    x = jnp.asarray(x)
-    offsets = jnp.asarray(offsets)
-    mask = jnp.asarray(mask)
-    kernel = jnp.asarray(kernel)
-    out_h, out_w = validate_deform_conv_args(
-        x.shape, offsets.shape, mask.shape, kernel.shape,
-        None if bias is None else jnp.shape(bias), strides, padding, dilation,
+    x, offsets, mask, kernel, (strides, padding, dilation), (out_h, out_w) = (
+        checked_operands(x, offsets, mask, kernel, bias, strides, padding, dilation)
     )
     batch, height, width, cin = x.shape
     kh, kw, _, cout = kernel.shape

@@ -11,6 +11,8 @@ import pytest
 
 from tests.ops.test_deform_conv import assert_close_to_reference
 from tests.ops.test_deform_conv import load_case
+from tests.ops.test_deform_conv_jax import _random_inputs
+from tests.ops.test_deform_conv_jax import _value_and_grads
 
 pytestmark = [
     pytest.mark.jax,
@@ -28,28 +30,6 @@ def xla():
     from keras_centernet.ops import deform_conv_xla
 
     return deform_conv_xla
-
-
-def _value_and_grads(fn, args, g):
-    import jax
-    import jax.numpy as jnp
-
-    def loss(*a):
-        return jnp.sum(fn(*a).astype(jnp.float32) * g)
-
-    out = jax.jit(fn)(*args)
-    grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)
-    return np.asarray(out), [np.asarray(a) for a in grads]
-
-
-def _random_inputs(rng, batch, height, width, cin, cout, out_h, out_w, scale=2.0):
-    return (
-        rng.normal(size=(batch, height, width, cin)).astype("float32"),
-        rng.normal(0.0, scale, size=(batch, out_h, out_w, 18)).astype("float32"),
-        rng.uniform(0.0, 1.0, size=(batch, out_h, out_w, 9)).astype("float32"),
-        (rng.normal(size=(3, 3, cin, cout)) / np.sqrt(9 * cin)).astype("float32"),
-        rng.normal(size=(cout,)).astype("float32"),
-    )
 
 
 @pytest.mark.parametrize("keep_columns", [False, True])
