@@ -157,12 +157,14 @@ def _stage_cases(x, offsets, mask, kernel):
     flat_mask = mask.reshape(num_pixels, 9)
 
     def sample(x_rows, flat_offsets, flat_mask):
-        starts, corners, _ = xla._sampling(flat_offsets, flat_mask, geom)
-        return xla._columns(x_rows, starts, corners, kernel.dtype)
+        top_left, corners, _ = xla._sampling(flat_offsets, flat_mask, geom)
+        return xla._columns(x_rows, top_left, corners, kernel.dtype)
 
-    starts, corners, _ = jax.jit(lambda o, m: xla._sampling(o, m, geom))(flat_offsets, flat_mask)
+    top_left, corners, _ = jax.jit(lambda o, m: xla._sampling(o, m, geom))(flat_offsets, flat_mask)
+    starts = xla._window_starts(top_left, width + 2)
+    corner_grid = jnp.stack([jnp.stack(corners[:2], -1), jnp.stack(corners[2:], -1)], -2)
     updates = jnp.broadcast_to(
-        corners[..., None], (num_pixels, 9, 2, 2, cin)).astype(jnp.float32) + 0.0
+        corner_grid[..., None], (num_pixels, 9, 2, 2, cin)).astype(jnp.float32) + 0.0
 
     def scatter(starts, updates):
         return jax.lax.scatter_add(

@@ -137,23 +137,30 @@ _WINDOW_SCATTER = lax.ScatterDimensionNumbers(
 
 
 def _sampling(offsets, mask, geom):
-    """Window starts (M, K, 2), corner weights (M, K, 2, 2) and the terms."""
+    """Top-left rows (M, K), the four corner weights (each (M, K)) and the terms.
+
+    `top_left` indexes the zero-padded input flattened to
+    (B * (H + 2) * (W + 2), C); the corner weights (top-left, top-right,
+    bottom-left, bottom-right) include the mask.
+    """
     num_points = geom.kh * geom.kw
     rows = jnp.arange(geom.m_pad, dtype=jnp.int32)[:, None]
     points = jnp.arange(num_points, dtype=jnp.int32)[None, :]
     top_left, ly, lx, weight, inside = geometry_terms(
         rows, points, offsets[:, 0::2], offsets[:, 1::2], mask, geom
     )
-    padded_w = geom.width + 2
-    starts = jnp.stack([top_left // padded_w, top_left % padded_w], axis=-1)
-    corners = jnp.stack(
-        [
-            jnp.stack([(1.0 - ly) * (1.0 - lx), (1.0 - ly) * lx], axis=-1),
-            jnp.stack([ly * (1.0 - lx), ly * lx], axis=-1),
-        ],
-        axis=-2,
-    ) * weight[..., None, None]
-    return starts, corners, (ly, lx, weight, inside)
+    corners = [
+        (1.0 - ly) * (1.0 - lx) * weight,
+        (1.0 - ly) * lx * weight,
+        ly * (1.0 - lx) * weight,
+        ly * lx * weight,
+    ]
+    return top_left, corners, (ly, lx, weight, inside)
+
+
+def _window_starts(top_left, padded_w):
+    """(M, K, 2) row and column of each top-left neighbour in (B * (H + 2), W + 2)."""
+    return jnp.stack([top_left // padded_w, top_left % padded_w], axis=-1)
 
 
 def _gather_form():
@@ -165,54 +172,49 @@ def _gather_form():
     return "rows" if jax.default_backend() == "cpu" else "window"
 
 
-def _neighbours(x_rows, starts):
+def _neighbours(x_rows, top_left):
     """The four neighbours (top-left, top-right, bottom-left, bottom-right), each (M, K, C).
 
     `x_rows` is the zero-padded input viewed as (B * (H + 2), W + 2, C), in
-    its own dtype; `starts` the (row, column) of every top-left neighbour.
+    its own dtype; `top_left` the flat row of every top-left neighbour.
     """
     channels = x_rows.shape[-1]
+    padded_w = x_rows.shape[1]
     if _gather_form() == "window":
         window = lax.gather(
-            x_rows, starts, _WINDOW_GATHER, slice_sizes=(2, 2, channels),
+            x_rows, _window_starts(top_left, padded_w), _WINDOW_GATHER,
+            slice_sizes=(2, 2, channels),
             mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
         )
         return [window[:, :, i, j] for i in (0, 1) for j in (0, 1)]
-    padded_w = x_rows.shape[1]
     flat = x_rows.reshape(-1, channels)
-    top_left = starts[..., 0] * padded_w + starts[..., 1]
     return [
-        jnp.take(flat, top_left + (i * padded_w + j), axis=0,
-                 mode="clip")
+        jnp.take(flat, top_left + (i * padded_w + j), axis=0, mode="clip")
         for i in (0, 1) for j in (0, 1)
     ]
 
 
-def _columns(x_rows, starts, corners, compute_dtype):
+def _columns(x_rows, top_left, corners, compute_dtype):
     """The (M, K * C) sampled columns, mixed in float32, in `compute_dtype`."""
     columns = None
     # The reference's order of float32 sums (top-left first), so that the
     # columns are the same numbers.
-    for value, corner in zip(_neighbours(x_rows, starts), _corner_list(corners)):
+    for value, corner in zip(_neighbours(x_rows, top_left), corners):
         term = value.astype(jnp.float32) * corner[..., None]
         columns = term if columns is None else columns + term
     return columns.astype(compute_dtype).reshape(columns.shape[0], -1)
 
 
-def _corner_list(corners):
-    return [corners[:, :, i, j] for i in (0, 1) for j in (0, 1)]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _deform_matmul(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
-    starts, corners, _ = _sampling(offsets, mask, geom)
-    columns = _columns(x_rows, starts, corners, kernel_matrix.dtype)
+    top_left, corners, _ = _sampling(offsets, mask, geom)
+    columns = _columns(x_rows, top_left, corners, kernel_matrix.dtype)
     return jnp.matmul(columns, kernel_matrix)
 
 
 def _deform_matmul_fwd(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
-    starts, corners, _ = _sampling(offsets, mask, geom)
-    columns = _columns(x_rows, starts, corners, kernel_matrix.dtype)
+    top_left, corners, _ = _sampling(offsets, mask, geom)
+    columns = _columns(x_rows, top_left, corners, kernel_matrix.dtype)
     out = jnp.matmul(columns, kernel_matrix)
     kept = columns if keep_columns else None
     return out, (x_rows, offsets, mask, kernel_matrix, kept)
@@ -222,22 +224,25 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
     x_rows, offsets, mask, kernel_matrix, columns = residuals
     num_points = geom.kh * geom.kw
     cin = x_rows.shape[-1]
-    starts, corners, terms = _sampling(offsets, mask, geom)
+    top_left, corners, terms = _sampling(offsets, mask, geom)
     g = g.astype(kernel_matrix.dtype)
     if columns is None:
-        columns = _columns(x_rows, starts, corners, kernel_matrix.dtype)
+        columns = _columns(x_rows, top_left, corners, kernel_matrix.dtype)
     d_kernel = jnp.matmul(columns.T, g)
     d_columns = jnp.matmul(g, kernel_matrix.T).reshape(geom.m_pad, num_points, cin)
     d_columns = d_columns.astype(jnp.float32)
     sums = jnp.stack(
         [jnp.sum(d_columns * value.astype(jnp.float32), axis=-1)
-         for value in _neighbours(x_rows, starts)],
+         for value in _neighbours(x_rows, top_left)],
         axis=-1,
     )
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
+    corner_grid = jnp.stack(
+        [jnp.stack(corners[:2], axis=-1), jnp.stack(corners[2:], axis=-1)], axis=-2
+    )
     d_x = lax.scatter_add(
-        jnp.zeros(x_rows.shape, jnp.float32), starts,
-        d_columns[:, :, None, None, :] * corners[..., None], _WINDOW_SCATTER,
+        jnp.zeros(x_rows.shape, jnp.float32), _window_starts(top_left, x_rows.shape[1]),
+        d_columns[:, :, None, None, :] * corner_grid[..., None], _WINDOW_SCATTER,
         mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
     )
     return (
