@@ -72,6 +72,22 @@ def median_ms(fn, sync, warmup=3, repeats=20, min_seconds=0.5, max_repeats=200):
     return statistics.median(times)
 
 
+def set_dcn_xla_options(options):
+    """Benchmark-only: sets the XLA deformable convolution's module options.
+
+    `options`: names among "keep" (`KEEP_COLUMNS`), "rows" and "window"
+    (`GATHER_FORM`); an empty list restores the defaults.
+    """
+    from keras_centernet.ops import deform_conv_xla
+
+    unknown = set(options) - {"keep", "rows", "window"}
+    if unknown:
+        raise ValueError(f"unknown DCN options {sorted(unknown)}")
+    deform_conv_xla.KEEP_COLUMNS = "keep" in options
+    forms = [o for o in options if o in ("rows", "window")]
+    deform_conv_xla.GATHER_FORM = forms[0] if forms else None
+
+
 def environment_line():
     """Device, JAX and Keras versions, for the header of a results file."""
     import jax

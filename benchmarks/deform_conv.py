@@ -151,8 +151,7 @@ def _stage_cases(x, offsets, mask, kernel):
     num_pixels = batch * height * width
     geom = xla.Geometry(batch, height, width, height, width, 3, 3, (1, 1), (1, 1),
                         (1, 1), num_pixels)
-    x_rows = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)]).reshape(
-        batch * (height + 2), width + 2, cin)
+    x_rows = xla.padded_rows(x)
     flat_offsets = offsets.reshape(num_pixels, 18)
     flat_mask = mask.reshape(num_pixels, 9)
 
@@ -161,19 +160,15 @@ def _stage_cases(x, offsets, mask, kernel):
         return xla._columns(x_rows, top_left, corners, kernel.dtype)
 
     top_left, corners, _ = jax.jit(lambda o, m: xla._sampling(o, m, geom))(flat_offsets, flat_mask)
-    starts = xla._window_starts(top_left, width + 2)
-    corner_grid = jnp.stack([jnp.stack(corners[:2], -1), jnp.stack(corners[2:], -1)], -2)
     updates = jnp.broadcast_to(
-        corner_grid[..., None], (num_pixels, 9, 2, 2, cin)).astype(jnp.float32) + 0.0
+        xla.corner_grid(corners)[..., None], (num_pixels, 9, 2, 2, cin)).astype(jnp.float32) + 0.0
 
-    def scatter(starts, updates):
-        return jax.lax.scatter_add(
-            jnp.zeros(x_rows.shape, jnp.float32), starts, updates, xla._WINDOW_SCATTER,
-            mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    def scatter(top_left, updates):
+        return xla._scatter_windows(x_rows.shape, top_left, updates)
 
     return {
         "sample": (jax.jit(sample), (x_rows, flat_offsets, flat_mask)),
-        "scatter": (jax.jit(scatter), (starts, updates)),
+        "scatter": (jax.jit(scatter), (top_left, updates)),
     }
 
 

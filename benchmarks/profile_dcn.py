@@ -32,7 +32,6 @@ import numpy as np  # noqa: E402
 
 import common  # noqa: E402
 from deform_conv import make_inputs  # noqa: E402
-from deform_conv import median_ms  # noqa: E402
 from profile_step import CLASSES  # noqa: E402
 from profile_step import kernel_class  # noqa: E402
 from profile_step import kernel_events  # noqa: E402
@@ -52,7 +51,6 @@ def make_loss(variant):
     from keras import ops
 
     from keras_centernet.ops import deform_conv2d
-    from keras_centernet.ops import deform_conv_xla
 
     name, *options = variant.split(":")
     if name == "conv":
@@ -60,18 +58,13 @@ def make_loss(variant):
             del offsets, mask
             return jnp.sum((ops.conv(x, kernel, padding="same") + bias).astype("float32"))
         return loss, (0, 3, 4)
-    unknown = set(options) - {"keep", "rows", "window"}
-    if unknown or (options and name != "xla"):
+    if options and name != "xla":
         raise ValueError(f"unknown variant {variant!r}")
 
     def loss(x, offsets, mask, kernel, bias):
-        if name == "xla":
-            forms = [o for o in options if o in ("rows", "window")]
-            deform_conv_xla.GATHER_FORM = forms[0] if forms else None
-            y = deform_conv_xla.deform_conv2d(
-                x, offsets, mask, kernel, bias, keep_columns="keep" in options)
-        else:
-            y = deform_conv2d(x, offsets, mask, kernel, bias, implementation=name)
+        # The options are read while the gradient is traced (`measure`).
+        common.set_dcn_xla_options(options)
+        y = deform_conv2d(x, offsets, mask, kernel, bias, implementation=name)
         return jnp.sum(y.astype("float32"))
     return loss, (0, 1, 2, 3, 4)
 
@@ -79,8 +72,6 @@ def make_loss(variant):
 def measure(variant, inputs, dtype, profile_calls=3):
     """f+b ms, peak bytes and `{class: ms}` of one variant on one input."""
     import jax
-
-    from keras_centernet.ops import deform_conv_xla
 
     x, offsets, mask, kernel, bias = [jax.numpy.asarray(a) for a in inputs]
     x, kernel, bias = (a.astype(dtype) for a in (x, kernel, bias))
@@ -90,12 +81,12 @@ def measure(variant, inputs, dtype, profile_calls=3):
     try:
         compiled = fn.lower(*args).compile()
     finally:
-        deform_conv_xla.GATHER_FORM = None
+        common.set_dcn_xla_options([])
     analysis = compiled.memory_analysis()
     peak = None if analysis is None else (
         analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
         + analysis.output_size_in_bytes)
-    ms = median_ms(lambda: compiled(*args), jax.block_until_ready)
+    ms = common.median_ms(lambda: compiled(*args), jax.block_until_ready)
     trace_dir = tempfile.mkdtemp(prefix="profile_dcn_")
     jax.profiler.start_trace(trace_dir)
     for _ in range(profile_calls):

@@ -183,12 +183,7 @@ def worker(args):
     # (see benchmarks/profile_dcn.py), to measure one in a whole step before adopting it.
     options = os.environ.get("BENCH_DCN_XLA_OPTIONS")
     if options is not None:
-        from keras_centernet.ops import deform_conv_xla
-
-        options = options.split(",")
-        deform_conv_xla.KEEP_COLUMNS = "keep" in options
-        forms = [o for o in options if o in ("rows", "window")]
-        deform_conv_xla.GATHER_FORM = forms[0] if forms else None
+        common.set_dcn_xla_options([o for o in options.split(",") if o])
 
     common.emit("environment", line=common.environment_line(), platform=jax.devices()[0].platform)
     for case in args.cases:

@@ -163,6 +163,29 @@ def _window_starts(top_left, padded_w):
     return jnp.stack([top_left // padded_w, top_left % padded_w], axis=-1)
 
 
+def corner_grid(corners):
+    """The four corner weights (each (M, K)) as one (M, K, 2, 2) array."""
+    return jnp.stack(
+        [jnp.stack(corners[:2], axis=-1), jnp.stack(corners[2:], axis=-1)], axis=-2
+    )
+
+
+def _scatter_windows(rows_shape, top_left, updates):
+    """Float32 sum of (M, K, 2, 2, C) `updates` into (B*(H+2), W+2, C) windows at `top_left`."""
+    return lax.scatter_add(
+        jnp.zeros(rows_shape, jnp.float32), _window_starts(top_left, rows_shape[1]),
+        updates, _WINDOW_SCATTER, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+
+
+def padded_rows(x):
+    """(B, H, W, C) zero-padded by one pixel and viewed as (B * (H + 2), W + 2, C)."""
+    batch, height, width, channels = x.shape
+    return jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)]).reshape(
+        batch * (height + 2), width + 2, channels
+    )
+
+
 def _gather_form():
     """"window" (one gather of 2x2 windows) or "rows" (one gather per neighbour)."""
     if GATHER_FORM is not None:
@@ -237,13 +260,9 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
         axis=-1,
     )
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
-    corner_grid = jnp.stack(
-        [jnp.stack(corners[:2], axis=-1), jnp.stack(corners[2:], axis=-1)], axis=-2
-    )
-    d_x = lax.scatter_add(
-        jnp.zeros(x_rows.shape, jnp.float32), _window_starts(top_left, x_rows.shape[1]),
-        d_columns[:, :, None, None, :] * corner_grid[..., None], _WINDOW_SCATTER,
-        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    d_x = _scatter_windows(
+        x_rows.shape, top_left,
+        d_columns[:, :, None, None, :] * corner_grid(corners)[..., None],
     )
     return (
         d_x.astype(x_rows.dtype),
@@ -311,11 +330,8 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
         batch, height, width, out_h, out_w, kh, kw, strides, padding, dilation,
         num_pixels,
     )
-    x_rows = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)]).reshape(
-        batch * (height + 2), width + 2, cin
-    )
     y = _deform_matmul(
-        x_rows,
+        padded_rows(x),
         offsets.astype(jnp.float32).reshape(num_pixels, 2 * kh * kw),
         mask.astype(jnp.float32).reshape(num_pixels, kh * kw),
         kernel.reshape(kh * kw * cin, cout),
