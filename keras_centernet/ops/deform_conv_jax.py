@@ -37,6 +37,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from keras_centernet.ops.deform_conv_xla import Geometry
 from keras_centernet.ops.deform_conv_xla import checked_operands
+from keras_centernet.ops.deform_conv_xla import corner_weights
 from keras_centernet.ops.deform_conv_xla import geometry_terms
 from keras_centernet.ops.deform_conv_xla import offset_and_mask_grads
 
@@ -68,15 +69,6 @@ DEFAULT_CONFIG = KernelConfig(
 
 def _next_power_of_2(n):
     return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _corner_weights(ly, lx, weight):
-    return (
-        (1.0 - ly) * (1.0 - lx) * weight,
-        (1.0 - ly) * lx * weight,
-        ly * (1.0 - lx) * weight,
-        ly * lx * weight,
-    )
 
 
 def _tile_terms(off_ref, mask_ref, m0, block_m, k, geom):
@@ -124,7 +116,7 @@ def _forward_kernel(x_ref, off_ref, mask_ref, w_ref, b_ref, y_ref, *, geom,
         )
         values = _gather_corners(x_ref, top_left, c0, block_c, geom)
         columns = None
-        for value, corner in zip(values, _corner_weights(ly, lx, weight)):
+        for value, corner in zip(values, corner_weights(ly, lx, weight)):
             term = value * corner[:, None]
             columns = term if columns is None else columns + term
         w = w_ref[pl.ds(k * cin + c0, block_c), pl.ds(n0, block_n)]
@@ -178,7 +170,7 @@ def _backward_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref, _dx_in,
         values = _gather_corners(x_ref, top_left, c0, block_c, geom)
         keep = weight != 0.0
         columns = None
-        corners = _corner_weights(ly, lx, weight)
+        corners = corner_weights(ly, lx, weight)
         for corner, (rows, value, corner_weight) in enumerate(
             zip(_corner_rows(top_left, geom), values, corners)
         ):

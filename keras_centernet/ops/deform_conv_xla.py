@@ -136,6 +136,16 @@ _WINDOW_SCATTER = lax.ScatterDimensionNumbers(
 )
 
 
+def corner_weights(ly, lx, weight):
+    """Bilinear weights of the four neighbours times `weight` (the mask where inside)."""
+    return (
+        (1.0 - ly) * (1.0 - lx) * weight,
+        (1.0 - ly) * lx * weight,
+        ly * (1.0 - lx) * weight,
+        ly * lx * weight,
+    )
+
+
 def _sampling(offsets, mask, geom):
     """Top-left rows (M, K), the four corner weights (each (M, K)) and the terms.
 
@@ -149,13 +159,7 @@ def _sampling(offsets, mask, geom):
     top_left, ly, lx, weight, inside = geometry_terms(
         rows, points, offsets[:, 0::2], offsets[:, 1::2], mask, geom
     )
-    corners = [
-        (1.0 - ly) * (1.0 - lx) * weight,
-        (1.0 - ly) * lx * weight,
-        ly * (1.0 - lx) * weight,
-        ly * lx * weight,
-    ]
-    return top_left, corners, (ly, lx, weight, inside)
+    return top_left, corner_weights(ly, lx, weight), (ly, lx, weight, inside)
 
 
 def _window_starts(top_left, padded_w):
