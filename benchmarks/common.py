@@ -76,16 +76,19 @@ def set_dcn_xla_options(options):
     """Benchmark-only: sets the XLA deformable convolution's module options.
 
     `options`: names among "keep" (`KEEP_COLUMNS`), "rows" and "window"
-    (`GATHER_FORM`); an empty list restores the defaults.
+    (`GATHER_FORM`), "rowscatter" (`SCATTER_FORM = "rows"`) and "lowscatter"
+    (`SCATTER_DTYPE = "input"`); an empty list restores the defaults.
     """
     from keras_centernet.ops import deform_conv_xla
 
-    unknown = set(options) - {"keep", "rows", "window"}
+    unknown = set(options) - {"keep", "rows", "window", "rowscatter", "lowscatter"}
     if unknown:
         raise ValueError(f"unknown DCN options {sorted(unknown)}")
     deform_conv_xla.KEEP_COLUMNS = "keep" in options
     forms = [o for o in options if o in ("rows", "window")]
     deform_conv_xla.GATHER_FORM = forms[0] if forms else None
+    deform_conv_xla.SCATTER_FORM = "rows" if "rowscatter" in options else "window"
+    deform_conv_xla.SCATTER_DTYPE = "input" if "lowscatter" in options else None
 
 
 def environment_line():

@@ -86,16 +86,19 @@ def read_architectures(path):
 
 
 def read_training(path):
-    """Per preset: training `fit` img/s by dtype, and the header line."""
+    """Per preset: (training `fit` img/s, GPU name) by dtype, and the header line."""
     with open(path) as file:
         data = json.load(file)
+    environment = data.get("environment") or "Device: ?"
+    match = re.match(r"Device: (.+?) \(", environment)
     result = {}
     for case, values in data["cases"].items():
         parts = case.split(":")
         if len(parts) != 2 or "fit_img_s" not in values:
             continue
-        result.setdefault(parts[0], {})[parts[1]] = values["fit_img_s"]
-    return result, data.get("environment") or "Device: ?"
+        gpu = values.get("gpu") or (match.group(1) if match else "?")
+        result.setdefault(parts[0], {})[parts[1]] = (values["fit_img_s"], gpu)
+    return result, environment
 
 
 def tflops(img_s, gflops, factor=1.0):
@@ -150,17 +153,17 @@ def render(architectures, arch_device, training, train_device):
         official = common.OFFICIAL.get(preset, {}).get("training_img_s", {})
         gflops = architectures.get(preset, {}).get("gflops")
         for dtype in common.DTYPES:
-            rate = rates.get(dtype)
+            rate, gpu = rates.get(dtype, (None, "?"))
             achieved = tflops(rate, gflops, 3.0)
             rows.append([
-                preset, common.SHORT_DTYPE[dtype], common.fmt(rate, 0),
+                preset, common.SHORT_DTYPE[dtype], gpu, common.fmt(rate, 0),
                 common.fmt(official.get("float32"), 0), common.ratio(rate, official.get("float32")),
                 common.fmt(official.get(dtype), 0), common.ratio(rate, official.get(dtype)),
                 common.fmt(achieved, 0),
                 common.fmt(None if achieved is None else 100 * achieved / PEAK_TFLOPS[dtype], 1),
             ])
     lines += common.table(
-        ["preset", "precision", "img/s", "official fp32 img/s", "ours/official fp32 (bf16 goal >= 3)",
+        ["preset", "precision", "GPU", "img/s", "official fp32 img/s", "ours/official fp32 (bf16 goal >= 3)",
          "official same precision", "ours/official same precision (bf16 goal >= 2)",
          "TFLOP/s (3 x forward)", "% of dense peak"],
         rows,
@@ -168,8 +171,8 @@ def render(architectures, arch_device, training, train_device):
     lines += [
         "",
         "Peaks: 495 TFLOP/s for fp32 rows (TF32 tensor cores, XLA's default precision), 989 for "
-        "bf16. Inference on an H100, training on an H200 (same compute, 1.4x the memory "
-        "bandwidth): see the two source files for the dates.",
+        "bf16, the same on an H100 and an H200 (which has 1.4x the H100's memory bandwidth); "
+        "the official figures are an H100's. See the two source files for the dates.",
         "",
     ]
     return "\n".join(lines)

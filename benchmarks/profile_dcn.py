@@ -12,7 +12,11 @@ gathers, the matmuls.
 A variant is `implementation[:option...]`: `reference`, `xla`, `fused`, and
 for `xla` the options `keep` (`keep_columns=True`: the forward's columns are
 kept for the kernel gradient) and `rows` / `window` (the neighbours are gathered one row each, or as one
-2x2 window; the default depends on the platform).
+2x2 window; the default depends on the platform), `rowscatter` (the input
+gradient is scattered one neighbour row at a time instead of as 2x2 windows)
+and `lowscatter` (it is scattered in the input's dtype, bfloat16 under mixed
+precision, as the reference's automatic gradient does, instead of float32);
+options join with `:` (`xla:keep:lowscatter`).
 `conv` is the plain 3x3 convolution of the same shape.
 """
 
@@ -42,7 +46,10 @@ SHAPES = [
     ("64x64 128->64", 64, 128, 64),
     ("64x64 128->128", 64, 128, 128),
 ]
-DEFAULT_VARIANTS = ["conv", "reference", "xla", "xla:rows", "xla:window", "xla:keep"]
+DEFAULT_VARIANTS = [
+    "conv", "reference", "xla", "xla:rows", "xla:keep", "xla:rowscatter", "xla:lowscatter",
+    "xla:keep:lowscatter",
+]
 
 
 def make_loss(variant):

@@ -36,6 +36,7 @@ so). Each case runs in its own worker process under a time limit
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -185,6 +186,9 @@ def worker(args):
     if options is not None:
         common.set_dcn_xla_options([o for o in options.split(",") if o])
 
+    from keras_centernet.ops.deform_conv import resolve_implementation
+
+    dcn = ":".join([resolve_implementation([(1,)]), *(o for o in (options or "").split(",") if o)])
     common.emit("environment", line=common.environment_line(), platform=jax.devices()[0].platform)
     for case in args.cases:
         common.start(case)
@@ -196,13 +200,23 @@ def worker(args):
                 preset, dtype, *mode = case.split(":")
                 values = measure_training(preset, dtype, args.size, args.batch, args.steps,
                                           args.quick, augment=mode == ["augment"])
-            common.emit(case, **values)
+            common.emit(case, gpu=jax.devices()[0].device_kind, dcn=dcn, **values)
         except Exception as error:  # reported in the table, the other cases go on
             common.emit(case, error=f"{type(error).__name__}: {str(error)[:600]}")
 
 
+def gpu_name(environment):
+    """The device name of an environment line ("Device: NVIDIA H200 (gpu, ...").)"""
+    match = re.match(r"Device: (.+?) \(", environment or "")
+    return match.group(1) if match else "?"
+
+
 def render(results, environment, args):
-    """The markdown text of the results gathered so far."""
+    """The markdown text of the results gathered so far.
+
+    Each case names the GPU it ran on (`gpu`; cases merged from runs on
+    different machines keep their own), shown as a column.
+    """
     rendering = results.get("render_targets", {})
     rows, problems = [], []
     for preset in args.presets:
@@ -213,7 +227,8 @@ def render(results, environment, args):
                 continue
             if "error" in result:
                 problems.append(f"- `{preset}` {common.SHORT_DTYPE[dtype]}: {result['error']}")
-                rows.append([preset, common.SHORT_DTYPE[dtype]] + ["error"] + [""] * 11)
+                rows.append([preset, common.SHORT_DTYPE[dtype], result.get("gpu", "?"),
+                             result.get("dcn", "reference")] + ["error"] + [""] * 11)
                 continue
             batch = result["batch"]
             note = ""
@@ -226,6 +241,8 @@ def render(results, environment, args):
             rows.append([
                 preset,
                 common.SHORT_DTYPE[dtype],
+                result.get("gpu", "?"),
+                result.get("dcn", "reference"),
                 f"{batch}{note}",
                 common.fmt(result.get("compile_s"), 0),
                 common.fmt(result["img_s"], 0),
@@ -253,7 +270,7 @@ def render(results, environment, args):
         if plain.get("fit_step_ms"):
             augment_ms = result["fit_step_ms"] - plain["fit_step_ms"]
         augment_rows.append([
-            preset, "bf16", str(result["batch"]), common.fmt(result.get("fit_step_ms"), 1),
+            preset, "bf16", result.get("gpu", "?"), str(result["batch"]), common.fmt(result.get("fit_step_ms"), 1),
             common.fmt(result.get("fit_img_s"), 0), common.fmt(plain.get("fit_img_s"), 0),
             common.fmt(augment_ms, 1),
             common.ratio(result.get("fit_img_s"), official_rate) if official_rate else "",
@@ -265,6 +282,10 @@ def render(results, environment, args):
     if "error" in rendering:
         problems.append(f"- `render_targets`: {rendering['error']}")
     grid = args.size // 4
+    gpus = sorted({v.get("gpu", "?") for v in results.values() if isinstance(v, dict)} - {"?"})
+    if len(gpus) > 1:
+        environment += (f" Cases merged from runs on {', '.join(gpus)}: each row names its GPU "
+                        "(the line above is the last run's); compare rows of one GPU only.")
     text = [
         "# CenterNet training step",
         "",
@@ -280,13 +301,16 @@ def render(results, environment, args):
         "",
         "## Training throughput",
         "",
+        "`DCN` = the `deform_conv2d` implementation the step ran (`reference`: the "
+        "`keras.ops` gathers with automatic gradients, the default before the XLA version; "
+        "`xla`: `deform_conv_xla.py`, with its benchmark options if any; hourglass104 has no DCN). "
         "`train_on_batch img/s` = batch / median time of one call; `fit` = a `fit` of "
         "repeated batches (`fit ms` per step); `loop img/s` = the compiled step run back to back; "
         "`ours/official` = `fit img/s` / official img/s; `render %` = `render_targets` alone / "
         "the `fit` step.",
         "",
         *common.table(
-            ["preset", "precision", "batch", "compile s", "train_on_batch img/s", "fit ms",
+            ["preset", "precision", "GPU", "DCN", "batch", "compile s", "train_on_batch img/s", "fit ms",
              "fit img/s", "loop img/s", "official img/s", "ours/official", "render %",
              "peak GiB", "official peak GiB", "loss"],
             rows,
@@ -300,7 +324,7 @@ def render(results, environment, args):
         "it - fit step of the plain case above (which takes 512x512 float images).",
         "",
         *common.table(
-            ["preset", "precision", "batch", "fit ms", "fit img/s", "without augmentation img/s",
+            ["preset", "precision", "GPU", "batch", "fit ms", "fit img/s", "without augmentation img/s",
              "augmentation ms", "ours/official"],
             augment_rows,
         ),
@@ -369,7 +393,9 @@ def main():
         with open(path) as f:
             earlier = json.load(f)
         environment = earlier.get("environment", environment)
-        results.update(earlier["cases"])
+        for case, values in earlier["cases"].items():
+            values.setdefault("gpu", gpu_name(environment))
+            results[case] = values
 
     def on_result(result):
         nonlocal environment

@@ -34,9 +34,14 @@ from keras_centernet.ops.deform_conv import validate_deform_conv_args
 
 # Options, measured in benchmarks/profile_dcn.py: keep the forward's columns
 # for the kernel gradient (else sampled again); how neighbours are gathered
-# (None: by platform, see `_gather_form`).
+# (None: by platform, see `_gather_form`); how the input gradient is
+# scattered ("window": one scatter-add of (2, 2, Cin) windows, "rows": one
+# per neighbour) and in which dtype (None: float32, "input": the input's,
+# bfloat16 under mixed precision, as the reference's automatic gradient).
 KEEP_COLUMNS = False
 GATHER_FORM = None
+SCATTER_FORM = "window"
+SCATTER_DTYPE = None
 
 Geometry = collections.namedtuple(
     "Geometry",
@@ -174,12 +179,26 @@ def corner_grid(corners):
     )
 
 
-def _scatter_windows(rows_shape, top_left, updates):
-    """Float32 sum of (M, K, 2, 2, C) `updates` into (B*(H+2), W+2, C) windows at `top_left`."""
+def _scatter_windows(rows_shape, top_left, updates, dtype=jnp.float32):
+    """Sum of (M, K, 2, 2, C) `updates` into (B*(H+2), W+2, C) windows at `top_left`, in `dtype`."""
     return lax.scatter_add(
-        jnp.zeros(rows_shape, jnp.float32), _window_starts(top_left, rows_shape[1]),
-        updates, _WINDOW_SCATTER, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+        jnp.zeros(rows_shape, dtype), _window_starts(top_left, rows_shape[1]),
+        updates.astype(dtype), _WINDOW_SCATTER,
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
     )
+
+
+def _scatter_rows(rows_shape, top_left, updates, dtype=jnp.float32):
+    """As `_scatter_windows`, as one scatter-add of (M, K, C) rows per neighbour."""
+    channels = rows_shape[-1]
+    padded_w = rows_shape[1]
+    flat = jnp.zeros((rows_shape[0] * padded_w, channels), dtype)
+    for i in (0, 1):
+        for j in (0, 1):
+            flat = flat.at[top_left + (i * padded_w + j)].add(
+                updates[:, :, i, j].astype(dtype), mode="promise_in_bounds"
+            )
+    return flat.reshape(rows_shape)
 
 
 def padded_rows(x):
@@ -264,9 +283,11 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
         axis=-1,
     )
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
-    d_x = _scatter_windows(
+    scatter = _scatter_rows if SCATTER_FORM == "rows" else _scatter_windows
+    d_x = scatter(
         x_rows.shape, top_left,
         d_columns[:, :, None, None, :] * corner_grid(corners)[..., None],
+        jnp.float32 if SCATTER_DTYPE is None else x_rows.dtype,
     )
     return (
         d_x.astype(x_rows.dtype),

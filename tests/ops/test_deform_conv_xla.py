@@ -33,15 +33,17 @@ def xla():
 
 
 @pytest.mark.parametrize(
-    "keep_columns, gather_form",
+    "keep_columns, gather_form, scatter_form",
     # The CPU's row gathers and the GPU's window gathers both run here.
-    [(False, "rows"), (True, "rows"), (False, "window"), (True, "window")],
+    [(False, "rows", "window"), (True, "rows", "window"), (False, "window", "window"),
+     (True, "window", "window"), (False, "rows", "rows")],
 )
 @pytest.mark.parametrize("case", ["A", "B", "C", "D"])
 def test_forward_and_gradients_match_official(
-    fixture_path, xla, monkeypatch, case, keep_columns, gather_form
+    fixture_path, xla, monkeypatch, case, keep_columns, gather_form, scatter_form
 ):
     monkeypatch.setattr(xla, "GATHER_FORM", gather_form)
+    monkeypatch.setattr(xla, "SCATTER_FORM", scatter_form)
     c = load_case(fixture_path, case)
 
     def fn(x, offsets, mask, kernel, bias):
@@ -116,14 +118,17 @@ def test_hand_computed_gradients_of_one_sample(xla):
     np.testing.assert_allclose(np.asarray(dkernel).ravel(), [0.5 * 2.0], rtol=1e-6)
 
 
-def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla):
+@pytest.mark.parametrize("scatter_dtype", [None, "input"])
+def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla, monkeypatch, scatter_dtype):
     # Mixed precision: bf16 input, kernel and bias, float32 offsets and mask.
     # The truth is the float32 reference on the same (bf16-rounded) values;
     # the XLA version must be about as close to it as the reference run in
     # bf16 (both round the columns and the products to bf16, in different
-    # orders of float32 sums).
+    # orders of float32 sums); with `SCATTER_DTYPE = "input"` the input
+    # gradient is summed in bf16, as the reference's automatic gradient does.
     import jax.numpy as jnp
 
+    monkeypatch.setattr(xla, "SCATTER_DTYPE", scatter_dtype)
     x, offsets, mask, kernel, bias = _random_inputs(rng, 2, 8, 8, 16, 16, 8, 8)
     bf16 = [jnp.asarray(a, jnp.bfloat16) for a in (x, kernel, bias)]
     args = (bf16[0], offsets, mask, bf16[1], bf16[2])
