@@ -77,11 +77,12 @@ def set_dcn_xla_options(options):
 
     `options`: names among "keep" (`KEEP_COLUMNS`), "rows" and "window"
     (`GATHER_FORM`), "rowscatter" (`SCATTER_FORM = "rows"`) and "lowscatter"
-    (`SCATTER_DTYPE = "input"`); an empty list restores the defaults.
+    (`SCATTER_DTYPE = "input"`), "pallasfwd" (`FORWARD = "pallas"`); an empty
+    list restores the defaults.
     """
     from keras_centernet.ops import deform_conv_xla
 
-    unknown = set(options) - {"keep", "rows", "window", "rowscatter", "lowscatter"}
+    unknown = set(options) - {"keep", "rows", "window", "rowscatter", "lowscatter", "pallasfwd"}
     if unknown:
         raise ValueError(f"unknown DCN options {sorted(unknown)}")
     deform_conv_xla.KEEP_COLUMNS = "keep" in options
@@ -89,6 +90,7 @@ def set_dcn_xla_options(options):
     deform_conv_xla.GATHER_FORM = forms[0] if forms else None
     deform_conv_xla.SCATTER_FORM = "rows" if "rowscatter" in options else "window"
     deform_conv_xla.SCATTER_DTYPE = "input" if "lowscatter" in options else None
+    deform_conv_xla.FORWARD = "pallas" if "pallasfwd" in options else "xla"
 
 
 def environment_line():

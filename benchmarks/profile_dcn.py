@@ -15,7 +15,9 @@ kept for the kernel gradient) and `rows` / `window` (the neighbours are gathered
 2x2 window; the default depends on the platform), `rowscatter` (the input
 gradient is scattered one neighbour row at a time instead of as 2x2 windows)
 and `lowscatter` (it is scattered in the input's dtype, bfloat16 under mixed
-precision, as the reference's automatic gradient does, instead of float32);
+precision, as the reference's automatic gradient does, instead of float32),
+`pallasfwd` (the forward pass is the fused Pallas kernel of
+`deform_conv_jax.py`, which writes no column tensor; the backward is XLA's);
 options join with `:` (`xla:keep:lowscatter`).
 `conv` is the plain 3x3 convolution of the same shape.
 """
@@ -48,7 +50,7 @@ SHAPES = [
 ]
 DEFAULT_VARIANTS = [
     "conv", "reference", "xla", "xla:rows", "xla:keep", "xla:rowscatter", "xla:lowscatter",
-    "xla:keep:lowscatter",
+    "xla:keep:lowscatter", "xla:pallasfwd", "xla:pallasfwd:lowscatter",
 ]
 
 

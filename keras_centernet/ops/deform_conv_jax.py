@@ -205,37 +205,48 @@ def _strips(num_tiles, points, target_programs):
     return 1
 
 
+def forward_call(geom, cin, cout, compute_dtype, config, precision, interpret):
+    """The forward `pallas_call`: `(x_flat, offsets, mask, w, bias) -> (m_pad, cout)`.
+
+    `x_flat` is the zero-padded input flattened to (B * (H + 2) * (W + 2),
+    cin), `offsets` and `mask` (m_pad, 2K) and (m_pad, K) float32, `w`
+    (K * cin, cout) in `compute_dtype`, `bias` (cout,) float32; `cin` and
+    `cout` are powers of two of at least 16 and `m_pad` a multiple of
+    `config.block_m`. Also the forward pass of the XLA version's `pallas`
+    option (`deform_conv_xla.FORWARD`).
+    """
+    block_c = min(config.block_c, cin)
+    block_n = min(config.block_n, cout)
+    block_m = config.block_m
+    kernel = functools.partial(
+        _forward_kernel, geom=geom, cin=cin, block_m=block_m,
+        block_c=block_c, block_n=block_n, precision=precision,
+    )
+    return pl.pallas_call(
+        kernel,
+        grid=(geom.m_pad // block_m, cout // block_n),
+        out_shape=jax.ShapeDtypeStruct((geom.m_pad, cout), compute_dtype),
+        compiler_params=plgpu.CompilerParams(
+            num_warps=config.fwd_warps, num_stages=config.fwd_stages
+        ),
+        interpret=interpret,
+        name="deform_conv2d_forward",
+    )
+
+
 @functools.lru_cache(maxsize=None)
 def _build(geom, cin, cout, x_dtype, compute_dtype, config, precision,
            interpret):
     """The `custom_vjp` function of padded, flattened operands for one shape."""
     block_c = min(config.block_c, cin)
-    block_n = min(config.block_n, cout)
-    block_m = config.block_m
     bwd_block_m = config.bwd_block_m
     num_points = geom.kh * geom.kw
     num_chunks = cin // block_c
     padded_rows = geom.batch * (geom.height + 2) * (geom.width + 2)
-    fwd_params = plgpu.CompilerParams(
-        num_warps=config.fwd_warps, num_stages=config.fwd_stages
-    )
     bwd_params = plgpu.CompilerParams(
         num_warps=config.bwd_warps, num_stages=config.bwd_stages
     )
-
-    def forward(x, offsets, mask, w, bias):
-        kernel = functools.partial(
-            _forward_kernel, geom=geom, cin=cin, block_m=block_m,
-            block_c=block_c, block_n=block_n, precision=precision,
-        )
-        return pl.pallas_call(
-            kernel,
-            grid=(geom.m_pad // block_m, cout // block_n),
-            out_shape=jax.ShapeDtypeStruct((geom.m_pad, cout), compute_dtype),
-            compiler_params=fwd_params,
-            interpret=interpret,
-            name="deform_conv2d_forward",
-        )(x, offsets, mask, w, bias)
+    forward = forward_call(geom, cin, cout, compute_dtype, config, precision, interpret)
 
     @jax.custom_vjp
     def op(x, offsets, mask, w, bias):

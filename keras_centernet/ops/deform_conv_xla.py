@@ -42,6 +42,11 @@ KEEP_COLUMNS = False
 GATHER_FORM = None
 SCATTER_FORM = "window"
 SCATTER_DTYPE = None
+# The forward pass: "xla" (gathers, then one matmul) or "pallas" (the fused
+# Pallas forward kernel of deform_conv_jax.py, which keeps no column tensor;
+# used where its shape rules hold: channels powers of two >= 16, output
+# pixels a multiple of its tile, columns not kept; else "xla").
+FORWARD = "xla"
 
 Geometry = collections.namedtuple(
     "Geometry",
@@ -251,17 +256,46 @@ def _columns(x_rows, top_left, corners, compute_dtype):
     return columns.astype(compute_dtype).reshape(columns.shape[0], -1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _deform_matmul(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
+def _pallas_forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
+    """The fused Pallas forward's (M, Cout) output, or None where it does not apply."""
+    if FORWARD != "pallas" or keep_columns:
+        return None
+    from keras_centernet.ops import deform_conv_jax
+
+    cin = x_rows.shape[-1]
+    cout = kernel_matrix.shape[-1]
+    config = deform_conv_jax.DEFAULT_CONFIG
+
+    def fits(n):
+        return n >= 16 and n & (n - 1) == 0
+
+    if not (fits(cin) and fits(cout) and geom.m_pad % config.block_m == 0):
+        return None
+    call = deform_conv_jax.forward_call(
+        geom, cin, cout, kernel_matrix.dtype, config,
+        deform_conv_jax._default_precision(), jax.default_backend() != "gpu",
+    )
+    return call(x_rows.reshape(-1, cin), offsets, mask, kernel_matrix,
+                jnp.zeros((cout,), jnp.float32))
+
+
+def _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
+    """The (M, Cout) output and the columns (None unless computed by XLA)."""
+    out = _pallas_forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns)
+    if out is not None:
+        return out, None
     top_left, corners, _ = _sampling(offsets, mask, geom)
     columns = _columns(x_rows, top_left, corners, kernel_matrix.dtype)
-    return jnp.matmul(columns, kernel_matrix)
+    return jnp.matmul(columns, kernel_matrix), columns
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _deform_matmul(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
+    return _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns)[0]
 
 
 def _deform_matmul_fwd(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
-    top_left, corners, _ = _sampling(offsets, mask, geom)
-    columns = _columns(x_rows, top_left, corners, kernel_matrix.dtype)
-    out = jnp.matmul(columns, kernel_matrix)
+    out, columns = _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns)
     kept = columns if keep_columns else None
     return out, (x_rows, offsets, mask, kernel_matrix, kept)
 

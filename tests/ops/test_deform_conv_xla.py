@@ -151,3 +151,24 @@ def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla, monkeypa
         assert ours < 3e-2, f"{name}: relative error {ours:.3g} to float32"
         assert ours <= 2.0 * theirs + 2e-3, (
             f"{name}: relative error {ours:.3g} against the reference's {theirs:.3g} in bf16")
+
+
+def test_pallas_forward_option_matches_reference(rng, xla, monkeypatch):
+    # FORWARD = "pallas": the fused Pallas forward kernel (the interpreter
+    # here), the hand-written backward. Its shape rules hold for 16 channels
+    # and 2 x 8 x 8 output pixels (a multiple of its 64-pixel tile).
+    from keras_centernet.ops import deform_conv_jax
+
+    calls = []
+    original = deform_conv_jax.forward_call
+    monkeypatch.setattr(deform_conv_jax, "forward_call",
+                        lambda *a: calls.append(a) or original(*a))
+    monkeypatch.setattr(xla, "FORWARD", "pallas")
+    args = _random_inputs(rng, 2, 8, 8, 16, 16, 8, 8, scale=2.5)
+    g = rng.normal(size=(2, 8, 8, 16)).astype("float32")
+    out, grads = _value_and_grads(xla.deform_conv2d, args, g)
+    assert calls, "the Pallas forward did not run"
+    ref_out, ref_grads = _value_and_grads(xla_reference, args, g)
+    assert_close_to_reference(out, ref_out, "out")
+    for name, grad, ref in zip(GRADIENT_NAMES, grads, ref_grads):
+        assert_close_to_reference(grad, ref, f"d_{name}")
