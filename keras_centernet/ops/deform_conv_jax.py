@@ -21,8 +21,10 @@ same float32 weights, same zero padding), selected with
 `implementation="fused"`. Measured on an H200 (benchmarks/results/deform_conv.md)
 it agrees with the reference to ~1e-6 but runs forward+backward 2-3x slower
 than XLA's gather + matmul, and its backward needs more shared memory than the
-GPU has with 512 input channels under the default tiles, so the `keras.ops`
-version stays the default; the kernels' memory is ~4x lower.
+GPU has with 512 input channels under the default tiles, so it is not the
+default (under JAX that is `deform_conv_xla.py`); the kernels' memory is ~4x
+lower. The forward kernel alone also serves as the XLA version's forward pass
+under its option `FORWARD = "pallas"` (`forward_call`).
 """
 
 import collections
