@@ -114,6 +114,8 @@ def measure_training(preset, dtype, size, batch, steps, quick, augment=False):
         extra = {"augmentation": kc.layers.BatchAugmentation(size, seed=0)} if augment else {}
         model = kc.CenterNet.from_preset(preset, num_classes=NUM_CLASSES, **extra)
         model.compile(optimizer=keras.optimizers.Adam(1.25e-4))
+        result["has_dcn"] = any(isinstance(layer, kc.layers.DeformableConv2D)
+                                for layer in model._flatten_layers())
         rng = np.random.default_rng(0)
         if augment:
             canvases = rng.integers(0, 256, (batch, CANVAS, CANVAS, 4), dtype=np.uint8)
@@ -200,7 +202,9 @@ def worker(args):
                 preset, dtype, *mode = case.split(":")
                 values = measure_training(preset, dtype, args.size, args.batch, args.steps,
                                           args.quick, augment=mode == ["augment"])
-            common.emit(case, gpu=jax.devices()[0].device_kind, dcn=dcn, **values)
+            if values.pop("has_dcn", True) is False:
+                values["dcn"] = "none"
+            common.emit(case, gpu=jax.devices()[0].device_kind, **{"dcn": dcn, **values})
         except Exception as error:  # reported in the table, the other cases go on
             common.emit(case, error=f"{type(error).__name__}: {str(error)[:600]}")
 
@@ -242,7 +246,7 @@ def render(results, environment, args):
                 preset,
                 common.SHORT_DTYPE[dtype],
                 result.get("gpu", "?"),
-                result.get("dcn", "reference"),
+                result.get("dcn", "none" if preset.startswith("hourglass") else "reference"),
                 f"{batch}{note}",
                 common.fmt(result.get("compile_s"), 0),
                 common.fmt(result["img_s"], 0),
@@ -257,7 +261,8 @@ def render(results, environment, args):
                 f"{result['loss']:.3g}",
             ])
     augment_rows = []
-    for preset in args.augment_presets:
+    merged = [c.split(":")[0] for c in results if c.endswith(":augment")]
+    for preset in dict.fromkeys([*args.augment_presets, *merged]):
         result = results.get(f"{preset}:mixed_bfloat16:augment")
         plain = results.get(f"{preset}:mixed_bfloat16", {})
         if result is None:
@@ -303,7 +308,7 @@ def render(results, environment, args):
         "",
         "`DCN` = the `deform_conv2d` implementation the step ran (`reference`: the "
         "`keras.ops` gathers with automatic gradients, the default before the XLA version; "
-        "`xla`: `deform_conv_xla.py`, with its benchmark options if any; hourglass104 has no DCN). "
+        "`xla`: `deform_conv_xla.py`, with its benchmark options if any; `none`: the network has no DCN). "
         "`train_on_batch img/s` = batch / median time of one call; `fit` = a `fit` of "
         "repeated batches (`fit ms` per step); `loop img/s` = the compiled step run back to back; "
         "`ours/official` = `fit img/s` / official img/s; `render %` = `render_targets` alone / "
@@ -350,6 +355,8 @@ def main():
                         help="only the rendering and augmentation cases")
     parser.add_argument("--skip-render", action="store_true",
                         help="leave out the target-rendering case")
+    parser.add_argument("--render-only", action="store_true",
+                        help="run no case: write the table of the --merge files")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
@@ -387,6 +394,8 @@ def main():
     if not args.skip_plain:
         cases += [f"{p}:{d}" for p in args.presets for d in args.dtypes]
     cases += [f"{p}:mixed_bfloat16:augment" for p in args.augment_presets]
+    if args.render_only:
+        cases = []
     results = {}
     environment = "Device: (not reported)"
     for path in args.merge:

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU measurements of the XLA deformable convolution (issue 10), in device
+# calls of under 10 minutes each, from the repository's root with `.whl`
+# carried (benchmarks/README.md says how to fill it):
+#
+#   bash benchmarks/gpu_dcn_calls.sh 1   # profile_dcn.py (bf16) + DLA-34 bf16 steps per option
+#   bash benchmarks/gpu_dcn_calls.sh 2   # training_step.py: resnet18_dcn, dla34 (+ augmentation)
+#   bash benchmarks/gpu_dcn_calls.sh 3   # deform_conv.py: reference and xla, batch 1 and 32
+#
+# Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
+# the earlier table here with `python benchmarks/training_step.py --render-only
+# --merge benchmarks/results/training_step.json <new json>` (each row keeps its
+# GPU and DCN implementation), then `python benchmarks/gpu.py`.
+set -u
+phase=${1:?"phase: 1, 2 or 3"}
+OUT=${OUT:-/tmp/gpu_dcn_calls}
+mkdir -p "$OUT" /tmp/gpu_dcn_work
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name --format=csv,noheader
+
+step() {  # one DLA-34 bf16 training step with the XLA DCN's benchmark options $1
+  local name=step_${1:-default}
+  BENCH_DCN_XLA_OPTIONS=$1 timeout 95 python3 benchmarks/training_step.py --presets dla34 \
+    --dtypes mixed_bfloat16 --skip-render --augment-presets --steps 10 \
+    --output /tmp/gpu_dcn_work/$name.md 2>&1 | grep -E "^dla34|Error" | cut -c1-300
+  cp /tmp/gpu_dcn_work/$name.md "$OUT/" 2>/dev/null
+}
+
+case $phase in
+  1)
+    timeout 200 python3 benchmarks/profile_dcn.py --dtypes bfloat16 --budget 170 \
+      --output "$OUT/profile_dcn.md" 2>&1 | grep "^|" | cut -c1-400
+    for options in "" lowscatter pallasfwd keep; do step "$options"; done
+    ;;
+  2)
+    timeout 570 python3 benchmarks/training_step.py --presets resnet18_dcn dla34 \
+      --augment-presets resnet18_dcn dla34 --budget 540 --case-timeout 200 \
+      --output /tmp/gpu_dcn_work/training_step.md 2>&1 | grep -vi warning | tail -25
+    cp /tmp/gpu_dcn_work/training_step.md /tmp/gpu_dcn_work/training_step.json "$OUT/"
+    ;;
+  3)
+    timeout 580 python3 benchmarks/deform_conv.py --implementations reference,xla \
+      --batches 1 32 --bf16-batches 32 --budget 540 --output "$OUT/deform_conv_xla.md" \
+      2>&1 | grep -vi warning | tail -12
+    ;;
+  *) echo "unknown phase $phase (1, 2 or 3)" >&2; exit 2 ;;
+esac
