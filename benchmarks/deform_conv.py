@@ -106,12 +106,16 @@ def jax_cases(inputs, implementations=("reference",), dtype="float32"):
     for implementation in implementations:
         dcn, dcn_loss = make_dcn(implementation)
         cases[implementation] = (jax.jit(dcn), dcn_args)
+        # value_and_grad, not grad: the loss's value needs the forward's
+        # output, which XLA would otherwise drop (the gradient of a sum does
+        # not depend on it), leaving the backward pass alone.
         cases[implementation + "_fb"] = (
-            jax.jit(jax.grad(dcn_loss, argnums=(0, 1, 2, 3, 4))), dcn_args)
+            jax.jit(jax.value_and_grad(dcn_loss, argnums=(0, 1, 2, 3, 4))), dcn_args)
     if "xla" in implementations:
         cases.update(_stage_cases(x, offsets, mask, kernel))
     cases["conv"] = (jax.jit(conv), (x, kernel, bias))
-    cases["conv_fb"] = (jax.jit(jax.grad(conv_loss, argnums=(0, 1, 2))), (x, kernel, bias))
+    cases["conv_fb"] = (
+        jax.jit(jax.value_and_grad(conv_loss, argnums=(0, 1, 2))), (x, kernel, bias))
     results = {}
     for name, (fn, args) in cases.items():
         try:
@@ -372,7 +376,8 @@ def main():
         "gradient (`implementation=\"xla\"`, the default under JAX), `fused` = the Pallas "
         "kernels (`implementation=\"fused\"`), "
         "`tv` = torchvision.ops.deform_conv2d (CUDA, float32 only), `conv` = a plain 3x3 "
-        "convolution of the same shape, `f+b` = forward and gradients w.r.t. every input. "
+        "convolution of the same shape, `f+b` = forward and gradients w.r.t. every input "
+        "(`jax.value_and_grad` of the output's sum, so that the forward pass runs too). "
         "float32 uses XLA's default matmul precision on GPU (TF32); bfloat16 casts input, "
         "kernel and bias as mixed precision does. Ratios > 1 in `tv/...` and `ref/...` mean "
         "the second is faster. With `xla` timed: `sample ms` = its forward's gathers and "

@@ -86,7 +86,9 @@ def measure(variant, inputs, dtype, profile_calls=3):
     x, kernel, bias = (a.astype(dtype) for a in (x, kernel, bias))
     args = (x, offsets, mask, kernel, bias)
     loss, argnums = make_loss(variant)
-    fn = jax.jit(jax.grad(loss, argnums=argnums))
+    # value_and_grad: the loss's value keeps the forward pass, which XLA drops
+    # from a bare gradient of a sum.
+    fn = jax.jit(jax.value_and_grad(loss, argnums=argnums))
     try:
         compiled = fn.lower(*args).compile()
     finally:
@@ -159,7 +161,7 @@ def main():
         "",
         f"Device: {device.device_kind} ({device.platform}), JAX {jax.__version__}, "
         f"Keras {keras.__version__}. Batch {args.batch}; offsets N(0, 1.5) px, mask U(0, 1). "
-        "`f+b ms` = median wall time of the compiled gradient w.r.t. every input; the class "
+        "`f+b ms` = median wall time of the compiled value and gradient w.r.t. every input; the class "
         "columns are the traced GPU kernel time per call, classed by "
         "`profile_step.kernel_class` (`convolution` includes the matmuls). Written by "
         "`benchmarks/profile_dcn.py`; its docstring names the variants.",
