@@ -421,8 +421,9 @@ def main():
             json.dumps({"environment": environment, "cases": results}, indent=1),
         )
 
-    common.run_cases(command + ["--"], cases, args.case_timeout, deadline, log, on_result,
-                     one_worker_per_case=True)
+    if cases:
+        common.run_cases(command + ["--"], cases, args.case_timeout, deadline, log, on_result,
+                         one_worker_per_case=True)
     text = render(results, environment, args)
     common.write_text(output, text)
     print()
