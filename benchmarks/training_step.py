@@ -206,13 +206,19 @@ def worker(args):
                 values["dcn"] = "none"
             common.emit(case, gpu=jax.devices()[0].device_kind, **{"dcn": dcn, **values})
         except Exception as error:  # reported in the table, the other cases go on
-            common.emit(case, error=f"{type(error).__name__}: {str(error)[:600]}")
+            common.emit(case, gpu=jax.devices()[0].device_kind, dcn=dcn,
+                        error=f"{type(error).__name__}: {str(error)[:600]}")
 
 
 def gpu_name(environment):
-    """The device name of an environment line ("Device: NVIDIA H200 (gpu, ...").)"""
+    """The device name in an environment line such as "Device: NVIDIA H200 (gpu, ...)"."""
     match = re.match(r"Device: (.+?) \(", environment or "")
     return match.group(1) if match else "?"
+
+
+def dcn_label(result, preset):
+    """The DCN implementation a case ran; runs from before the label ran the reference."""
+    return result.get("dcn", "none" if preset.startswith("hourglass") else "reference")
 
 
 def render(results, environment, args):
@@ -232,7 +238,7 @@ def render(results, environment, args):
             if "error" in result:
                 problems.append(f"- `{preset}` {common.SHORT_DTYPE[dtype]}: {result['error']}")
                 rows.append([preset, common.SHORT_DTYPE[dtype], result.get("gpu", "?"),
-                             result.get("dcn", "reference")] + ["error"] + [""] * 11)
+                             dcn_label(result, preset)] + ["error"] + [""] * 11)
                 continue
             batch = result["batch"]
             note = ""
@@ -246,7 +252,7 @@ def render(results, environment, args):
                 preset,
                 common.SHORT_DTYPE[dtype],
                 result.get("gpu", "?"),
-                result.get("dcn", "none" if preset.startswith("hourglass") else "reference"),
+                dcn_label(result, preset),
                 f"{batch}{note}",
                 common.fmt(result.get("compile_s"), 0),
                 common.fmt(result["img_s"], 0),
