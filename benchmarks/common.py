@@ -12,6 +12,7 @@ after each case; everything else it prints goes to the log file.
 
 import json
 import os
+import re
 import queue
 import statistics
 import subprocess
@@ -91,6 +92,12 @@ def set_dcn_xla_options(options):
     deform_conv_xla.SCATTER_FORM = "rows" if "rowscatter" in options else "window"
     deform_conv_xla.SCATTER_DTYPE = "input" if "lowscatter" in options else None
     deform_conv_xla.FORWARD = "pallas" if "pallasfwd" in options else "xla"
+
+
+def gpu_name(environment):
+    """The device name in an environment line such as "Device: NVIDIA H200 (gpu, ...)"."""
+    match = re.match(r"Device: (.+?) \(", environment or "")
+    return match.group(1) if match else "?"
 
 
 def environment_line():

@@ -90,13 +90,12 @@ def read_training(path):
     with open(path) as file:
         data = json.load(file)
     environment = data.get("environment") or "Device: ?"
-    match = re.match(r"Device: (.+?) \(", environment)
     result = {}
     for case, values in data["cases"].items():
         parts = case.split(":")
         if len(parts) != 2 or "fit_img_s" not in values:
             continue
-        gpu = values.get("gpu") or (match.group(1) if match else "?")
+        gpu = values.get("gpu") or common.gpu_name(environment)
         result.setdefault(parts[0], {})[parts[1]] = (values["fit_img_s"], gpu)
     return result, environment
 

@@ -36,7 +36,6 @@ so). Each case runs in its own worker process under a time limit
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
@@ -202,23 +201,12 @@ def worker(args):
                 preset, dtype, *mode = case.split(":")
                 values = measure_training(preset, dtype, args.size, args.batch, args.steps,
                                           args.quick, augment=mode == ["augment"])
-            if values.pop("has_dcn", True) is False:
-                values["dcn"] = "none"
-            common.emit(case, gpu=jax.devices()[0].device_kind, **{"dcn": dcn, **values})
+            has_dcn = values.pop("has_dcn", True)
+            common.emit(case, gpu=jax.devices()[0].device_kind,
+                        dcn=dcn if has_dcn else "none", **values)
         except Exception as error:  # reported in the table, the other cases go on
             common.emit(case, gpu=jax.devices()[0].device_kind, dcn=dcn,
                         error=f"{type(error).__name__}: {str(error)[:600]}")
-
-
-def gpu_name(environment):
-    """The device name in an environment line such as "Device: NVIDIA H200 (gpu, ...)"."""
-    match = re.match(r"Device: (.+?) \(", environment or "")
-    return match.group(1) if match else "?"
-
-
-def dcn_label(result, preset):
-    """The DCN implementation a case ran; runs from before the label ran the reference."""
-    return result.get("dcn", "none" if preset.startswith("hourglass") else "reference")
 
 
 def render(results, environment, args):
@@ -238,7 +226,7 @@ def render(results, environment, args):
             if "error" in result:
                 problems.append(f"- `{preset}` {common.SHORT_DTYPE[dtype]}: {result['error']}")
                 rows.append([preset, common.SHORT_DTYPE[dtype], result.get("gpu", "?"),
-                             dcn_label(result, preset)] + ["error"] + [""] * 11)
+                             result.get("dcn", "?")] + ["error"] + [""] * 11)
                 continue
             batch = result["batch"]
             note = ""
@@ -252,7 +240,7 @@ def render(results, environment, args):
                 preset,
                 common.SHORT_DTYPE[dtype],
                 result.get("gpu", "?"),
-                dcn_label(result, preset),
+                result.get("dcn", "?"),
                 f"{batch}{note}",
                 common.fmt(result.get("compile_s"), 0),
                 common.fmt(result["img_s"], 0),
@@ -314,7 +302,7 @@ def render(results, environment, args):
         "",
         "`DCN` = the `deform_conv2d` implementation the step ran (`reference`: the "
         "`keras.ops` gathers with automatic gradients, the default before the XLA version; "
-        "`xla`: `deform_conv_xla.py`, with its benchmark options if any; `none`: the network has no DCN). "
+        "`xla`: `deform_conv_xla.py`, with its benchmark options if any; `none`: the network has no DCN; `?`: not recorded). "
         "`train_on_batch img/s` = batch / median time of one call; `fit` = a `fit` of "
         "repeated batches (`fit ms` per step); `loop img/s` = the compiled step run back to back; "
         "`ours/official` = `fit img/s` / official img/s; `render %` = `render_targets` alone / "
@@ -409,7 +397,7 @@ def main():
             earlier = json.load(f)
         environment = earlier.get("environment", environment)
         for case, values in earlier["cases"].items():
-            values.setdefault("gpu", gpu_name(environment))
+            values.setdefault("gpu", common.gpu_name(environment))
             results[case] = values
 
     def on_result(result):
@@ -430,6 +418,11 @@ def main():
     if cases:
         common.run_cases(command + ["--"], cases, args.case_timeout, deadline, log, on_result,
                          one_worker_per_case=True)
+    else:  # --render-only: the joined results, for gpu.py and later merges
+        common.write_text(
+            os.path.splitext(output)[0] + ".json",
+            json.dumps({"environment": environment, "cases": results}, indent=1),
+        )
     text = render(results, environment, args)
     common.write_text(output, text)
     print()

@@ -266,8 +266,8 @@ def _pallas_forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
     cout = kernel_matrix.shape[-1]
     config = deform_conv_jax.DEFAULT_CONFIG
 
-    def fits(n):
-        return n >= 16 and n & (n - 1) == 0
+    def fits(n):  # no padding of the channels (deform_conv_jax's tile rule)
+        return n == max(16, deform_conv_jax._next_power_of_2(n))
 
     if not (fits(cin) and fits(cout) and geom.m_pad % config.block_m == 0):
         return None

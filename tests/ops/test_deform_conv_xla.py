@@ -172,3 +172,42 @@ def test_pallas_forward_option_matches_reference(rng, xla, monkeypatch):
     assert_close_to_reference(out, ref_out, "out")
     for name, grad, ref in zip(GRADIENT_NAMES, grads, ref_grads):
         assert_close_to_reference(grad, ref, f"d_{name}")
+
+
+@pytest.mark.parametrize(
+    "scatter_form, scatter_dtype, expected",
+    # (number of scatter-adds, their dtype) in the gradient of bf16 inputs.
+    [("window", None, (1, "float32")), ("rows", None, (4, "float32")),
+     ("window", "input", (1, "bfloat16")), ("rows", "input", (4, "bfloat16"))],
+)
+def test_scatter_options_set_the_input_gradients_scatter(
+    rng, xla, monkeypatch, scatter_form, scatter_dtype, expected
+):
+    # The accuracy tests above pass whichever scatter runs; this one fails if
+    # an option is ignored: one (2, 2, C) window scatter or one per
+    # neighbour, in float32 or in the input's dtype.
+    import jax
+    import jax.numpy as jnp
+
+    monkeypatch.setattr(xla, "SCATTER_FORM", scatter_form)
+    monkeypatch.setattr(xla, "SCATTER_DTYPE", scatter_dtype)
+    x, offsets, mask, kernel, _ = _random_inputs(rng, 1, 6, 6, 4, 4, 6, 6)
+    x, kernel = jnp.asarray(x, jnp.bfloat16), jnp.asarray(kernel, jnp.bfloat16)
+
+    def loss(x):
+        return jnp.sum(xla.deform_conv2d(x, offsets, mask, kernel).astype(jnp.float32))
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(x)
+    scatters = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scatter-add":
+                scatters.append(str(eqn.outvars[0].aval.dtype))
+            for param in eqn.params.values():
+                inner = getattr(param, "jaxpr", param)
+                if hasattr(inner, "eqns"):
+                    walk(inner)
+
+    walk(jaxpr.jaxpr)
+    assert (len(scatters), *set(scatters)) == expected, scatters
