@@ -77,19 +77,25 @@ def set_dcn_xla_options(options):
     """Benchmark-only: sets the XLA deformable convolution's module options.
 
     `options`: names among "keep" (`KEEP_COLUMNS`), "rows" and "window"
-    (`GATHER_FORM`), "rowscatter" (`SCATTER_FORM = "rows"`) and "lowscatter"
+    (`GATHER_FORM`), "rowscatter", "sortscatter" and "sortrowscatter"
+    (`SCATTER_FORM = "rows"`, `"sorted"`, `"sortedrows"`), "lowscatter"
     (`SCATTER_DTYPE = "input"`), "pallasfwd" (`FORWARD = "pallas"`); an empty
     list restores the defaults.
     """
     from keras_centernet.ops import deform_conv_xla
 
-    unknown = set(options) - {"keep", "rows", "window", "rowscatter", "lowscatter", "pallasfwd"}
+    scatters = {"rowscatter": "rows", "sortscatter": "sorted", "sortrowscatter": "sortedrows"}
+    known = {"keep", "rows", "window", "lowscatter", "pallasfwd", *scatters}
+    unknown = set(options) - known
     if unknown:
         raise ValueError(f"unknown DCN options {sorted(unknown)}")
+    chosen = [scatters[o] for o in options if o in scatters]
+    if len(chosen) > 1:
+        raise ValueError(f"more than one scatter option in {options}")
     deform_conv_xla.KEEP_COLUMNS = "keep" in options
     forms = [o for o in options if o in ("rows", "window")]
     deform_conv_xla.GATHER_FORM = forms[0] if forms else None
-    deform_conv_xla.SCATTER_FORM = "rows" if "rowscatter" in options else "window"
+    deform_conv_xla.SCATTER_FORM = chosen[0] if chosen else "window"
     deform_conv_xla.SCATTER_DTYPE = "input" if "lowscatter" in options else None
     deform_conv_xla.FORWARD = "pallas" if "pallasfwd" in options else "xla"
 

@@ -3,7 +3,8 @@
 # calls of under 10 minutes each, from the repository's root with `.whl`
 # carried (benchmarks/README.md says how to fill it):
 #
-#   bash benchmarks/gpu_dcn_calls.sh 1   # profile_dcn.py (bf16) + DLA-34 bf16 steps per option
+#   bash benchmarks/gpu_dcn_calls.sh 1   # profile_dcn.py (bf16) + DLA-34 bf16 steps: default, sorted scatters
+#   bash benchmarks/gpu_dcn_calls.sh 4   # DLA-34 bf16 steps: lowscatter, pallasfwd, keep
 #   bash benchmarks/gpu_dcn_calls.sh 2   # training_step.py: resnet18_dcn, dla34 (+ augmentation)
 #   bash benchmarks/gpu_dcn_calls.sh 3   # deform_conv.py: reference and xla, batch 1 and 32
 #
@@ -12,7 +13,7 @@
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1, 2 or 3"}
+phase=${1:?"phase: 1, 2, 3 or 4"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -30,9 +31,13 @@ step() {  # one DLA-34 bf16 training step with the XLA DCN's benchmark options $
 
 case $phase in
   1)
-    timeout 200 python3 benchmarks/profile_dcn.py --dtypes bfloat16 --budget 170 \
+    timeout 250 python3 benchmarks/profile_dcn.py conv xla xla:sortscatter xla:sortrowscatter \
+      xla:lowscatter xla:pallasfwd xla:keep reference --dtypes bfloat16 --budget 215 \
       --output "$OUT/profile_dcn.md" 2>&1 | grep "^|" | cut -c1-400
-    for options in "" lowscatter pallasfwd keep; do step "$options"; done
+    for options in "" sortscatter sortrowscatter; do step "$options"; done
+    ;;
+  4)
+    for options in lowscatter pallasfwd keep; do step "$options"; done
     ;;
   2)
     timeout 570 python3 benchmarks/training_step.py --presets resnet18_dcn dla34 \
@@ -45,5 +50,5 @@ case $phase in
       --batches 1 32 --bf16-batches 32 --budget 540 --output "$OUT/deform_conv_xla.md" \
       2>&1 | grep -vi warning | tail -12
     ;;
-  *) echo "unknown phase $phase (1, 2 or 3)" >&2; exit 2 ;;
+  *) echo "unknown phase $phase (1, 2, 3 or 4)" >&2; exit 2 ;;
 esac

@@ -14,7 +14,10 @@ for `xla` the options `keep` (`keep_columns=True`: the forward's columns are
 kept for the kernel gradient) and `rows` / `window` (the neighbours are gathered one row each, or as one
 2x2 window; the default depends on the platform), `rowscatter` (the input
 gradient is scattered one neighbour row at a time instead of as 2x2 windows)
-and `lowscatter` (it is scattered in the input's dtype, bfloat16 under mixed
+`sortscatter` (the 2x2 windows are sorted by their top-left neighbour
+first, so that XLA:GPU sums runs of equal destinations before its atomic
+adds), `sortrowscatter` (the four neighbours' rows in one scatter, sorted by
+destination), and `lowscatter` (it is scattered in the input's dtype, bfloat16 under mixed
 precision, as the reference's automatic gradient does, instead of float32),
 `pallasfwd` (the forward pass is the fused Pallas kernel of
 `deform_conv_jax.py`, which writes no column tensor; the backward is XLA's);
@@ -49,7 +52,8 @@ SHAPES = [
     ("64x64 128->128", 64, 128, 128),
 ]
 DEFAULT_VARIANTS = [
-    "conv", "reference", "xla", "xla:rows", "xla:keep", "xla:rowscatter", "xla:lowscatter",
+    "conv", "reference", "xla", "xla:rows", "xla:keep", "xla:rowscatter", "xla:sortscatter",
+    "xla:sortrowscatter", "xla:lowscatter",
     "xla:keep:lowscatter", "xla:pallasfwd", "xla:pallasfwd:lowscatter",
 ]
 

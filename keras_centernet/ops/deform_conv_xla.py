@@ -36,8 +36,12 @@ from keras_centernet.ops.deform_conv import validate_deform_conv_args
 # for the kernel gradient (else sampled again); how neighbours are gathered
 # (None: by platform, see `_gather_form`); how the input gradient is
 # scattered ("window": one scatter-add of (2, 2, Cin) windows, "rows": one
-# per neighbour) and in which dtype (None: float32, "input": the input's,
-# bfloat16 under mixed precision, as the reference's automatic gradient).
+# per neighbour, "sorted": one scatter-add of windows with the samples sorted
+# by their top-left neighbour, "sortedrows": one scatter-add of the rows of
+# all four neighbours sorted by their destination; sorted indices let XLA:GPU
+# sum the runs of equal destinations in registers before its atomic adds)
+# and in which dtype (None: float32, "input": the input's, bfloat16 under
+# mixed precision, as the reference's automatic gradient).
 KEEP_COLUMNS = False
 GATHER_FORM = None
 SCATTER_FORM = "window"
@@ -144,6 +148,11 @@ _WINDOW_SCATTER = lax.ScatterDimensionNumbers(
     update_window_dims=(2, 3, 4), inserted_window_dims=(),
     scatter_dims_to_operand_dims=(0, 1),
 )
+# The same for a flat list of samples (S, 2, 2, C) with (S, 2) starts.
+_SORTED_WINDOW_SCATTER = lax.ScatterDimensionNumbers(
+    update_window_dims=(1, 2, 3), inserted_window_dims=(),
+    scatter_dims_to_operand_dims=(0, 1),
+)
 
 
 def corner_weights(ly, lx, weight):
@@ -204,6 +213,45 @@ def _scatter_rows(rows_shape, top_left, updates, dtype=jnp.float32):
                 updates[:, :, i, j].astype(dtype), mode="promise_in_bounds"
             )
     return flat.reshape(rows_shape)
+
+
+def _scatter_sorted_windows(rows_shape, top_left, updates, dtype=jnp.float32):
+    """As `_scatter_windows`, with the samples sorted by their top-left neighbour first."""
+    channels = rows_shape[-1]
+    top_left = top_left.reshape(-1)
+    keys, order = lax.sort(
+        (top_left, jnp.arange(top_left.shape[0], dtype=jnp.int32)), num_keys=1
+    )
+    updates = jnp.take(updates.reshape(-1, 2, 2, channels), order, axis=0)
+    return lax.scatter_add(
+        jnp.zeros(rows_shape, dtype), _window_starts(keys, rows_shape[1]),
+        updates.astype(dtype), _SORTED_WINDOW_SCATTER,
+        indices_are_sorted=True, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+
+
+def _scatter_sorted_rows(rows_shape, top_left, updates, dtype=jnp.float32):
+    """As `_scatter_windows`, as one scatter-add of the four neighbours' rows sorted by destination."""
+    channels = rows_shape[-1]
+    padded_w = rows_shape[1]
+    corner_shift = jnp.array([0, 1, padded_w, padded_w + 1], jnp.int32)
+    rows = (top_left.reshape(-1, 1) + corner_shift).reshape(-1)
+    keys, order = lax.sort(
+        (rows, jnp.arange(rows.shape[0], dtype=jnp.int32)), num_keys=1
+    )
+    updates = jnp.take(updates.reshape(-1, channels), order, axis=0)
+    flat = jnp.zeros((rows_shape[0] * padded_w, channels), dtype).at[keys].add(
+        updates.astype(dtype), indices_are_sorted=True, mode="promise_in_bounds"
+    )
+    return flat.reshape(rows_shape)
+
+
+_SCATTERS = {
+    "window": _scatter_windows,
+    "rows": _scatter_rows,
+    "sorted": _scatter_sorted_windows,
+    "sortedrows": _scatter_sorted_rows,
+}
 
 
 def padded_rows(x):
@@ -317,7 +365,7 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
         axis=-1,
     )
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
-    scatter = _scatter_rows if SCATTER_FORM == "rows" else _scatter_windows
+    scatter = _SCATTERS[SCATTER_FORM]
     d_x = scatter(
         x_rows.shape, top_left,
         d_columns[:, :, None, None, :] * corner_grid(corners)[..., None],
