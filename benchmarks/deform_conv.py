@@ -142,9 +142,9 @@ def _stage_cases(x, offsets, mask, kernel):
 
     `sample`: the forward's gather of every 2x2 neighbourhood and its float32
     mixing into the (M, 9 * Cin) columns in the compute dtype. `scatter`: the
-    input gradient's float32 scatter-add of (2, 2, Cin) windows, from updates
-    already in memory. Any DCN whose input gradient is a float32 scatter-add
-    pays at least the latter.
+    input gradient's float32 scatter-add in the module's `SCATTER_FORM`, from
+    a float32 column gradient and corner weights already in memory. Any DCN
+    whose input gradient is a float32 scatter-add pays at least the latter.
     """
     import jax
     import jax.numpy as jnp
@@ -164,15 +164,15 @@ def _stage_cases(x, offsets, mask, kernel):
         return xla._columns(x_rows, top_left, corners, kernel.dtype)
 
     top_left, corners, _ = jax.jit(lambda o, m: xla._sampling(o, m, geom))(flat_offsets, flat_mask)
-    updates = jnp.broadcast_to(
-        xla.corner_grid(corners)[..., None], (num_pixels, 9, 2, 2, cin)).astype(jnp.float32) + 0.0
+    d_columns = jnp.ones((num_pixels, 9, cin), jnp.float32) + 0.0
+    grid = xla.corner_grid(corners)
 
-    def scatter(top_left, updates):
-        return xla._scatter_windows(x_rows.shape, top_left, updates)
+    def scatter(top_left, d_columns, grid):  # the module's SCATTER_FORM
+        return xla._SCATTERS[xla.SCATTER_FORM](x_rows.shape, top_left, d_columns, grid)
 
     return {
         "sample": (jax.jit(sample), (x_rows, flat_offsets, flat_mask)),
-        "scatter": (jax.jit(scatter), (top_left, updates)),
+        "scatter": (jax.jit(scatter), (top_left, d_columns, grid)),
     }
 
 
@@ -382,7 +382,8 @@ def main():
         "kernel and bias as mixed precision does. Ratios > 1 in `tv/...` and `ref/...` mean "
         "the second is faster. With `xla` timed: `sample ms` = its forward's gathers and "
         "mixing into the columns alone, `scatter ms` = its input gradient's float32 "
-        "scatter-add alone, from updates already in memory.",
+        "scatter-add alone (with its products of column gradient and corner weights), "
+        "from those factors already in memory.",
         "",
         "## Per layer shape",
         "",

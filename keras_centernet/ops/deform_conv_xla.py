@@ -193,8 +193,14 @@ def corner_grid(corners):
     )
 
 
-def _scatter_windows(rows_shape, top_left, updates, dtype=jnp.float32):
-    """Sum of (M, K, 2, 2, C) `updates` into (B*(H+2), W+2, C) windows at `top_left`, in `dtype`."""
+def _scatter_windows(rows_shape, top_left, d_columns, grid, dtype=jnp.float32):
+    """Input gradient: the sum of every sample's (2, 2, C) window into (B*(H+2), W+2, C), in `dtype`.
+
+    `d_columns` (M, K, C) is the column gradient in float32, `grid` (M, K, 2, 2)
+    the corner weights (`corner_grid`), `top_left` (M, K) each sample's
+    top-left neighbour's flat row.
+    """
+    updates = d_columns[:, :, None, None, :] * grid[..., None]
     return lax.scatter_add(
         jnp.zeros(rows_shape, dtype), _window_starts(top_left, rows_shape[1]),
         updates.astype(dtype), _WINDOW_SCATTER,
@@ -202,7 +208,7 @@ def _scatter_windows(rows_shape, top_left, updates, dtype=jnp.float32):
     )
 
 
-def _scatter_rows(rows_shape, top_left, updates, dtype=jnp.float32):
+def _scatter_rows(rows_shape, top_left, d_columns, grid, dtype=jnp.float32):
     """As `_scatter_windows`, as one scatter-add of (M, K, C) rows per neighbour."""
     channels = rows_shape[-1]
     padded_w = rows_shape[1]
@@ -210,19 +216,27 @@ def _scatter_rows(rows_shape, top_left, updates, dtype=jnp.float32):
     for i in (0, 1):
         for j in (0, 1):
             flat = flat.at[top_left + (i * padded_w + j)].add(
-                updates[:, :, i, j].astype(dtype), mode="promise_in_bounds"
+                (d_columns * grid[:, :, i, j, None]).astype(dtype),
+                mode="promise_in_bounds",
             )
     return flat.reshape(rows_shape)
 
 
-def _scatter_sorted_windows(rows_shape, top_left, updates, dtype=jnp.float32):
+def _sorted(keys):
+    """`keys` in ascending order and the order that sorts them."""
+    return lax.sort((keys, jnp.arange(keys.shape[0], dtype=jnp.int32)), num_keys=1)
+
+
+def _scatter_sorted_windows(rows_shape, top_left, d_columns, grid, dtype=jnp.float32):
     """As `_scatter_windows`, with the samples sorted by their top-left neighbour first."""
     channels = rows_shape[-1]
-    top_left = top_left.reshape(-1)
-    keys, order = lax.sort(
-        (top_left, jnp.arange(top_left.shape[0], dtype=jnp.int32)), num_keys=1
+    keys, order = _sorted(top_left.reshape(-1))
+    # Gather the (S, C) gradients and (S, 2, 2) weights (not the 4x larger
+    # products) in sorted order; their product fuses into the scatter.
+    updates = (
+        jnp.take(d_columns.reshape(-1, channels), order, axis=0)[:, None, None, :]
+        * jnp.take(grid.reshape(-1, 2, 2), order, axis=0)[..., None]
     )
-    updates = jnp.take(updates.reshape(-1, 2, 2, channels), order, axis=0)
     return lax.scatter_add(
         jnp.zeros(rows_shape, dtype), _window_starts(keys, rows_shape[1]),
         updates.astype(dtype), _SORTED_WINDOW_SCATTER,
@@ -230,16 +244,17 @@ def _scatter_sorted_windows(rows_shape, top_left, updates, dtype=jnp.float32):
     )
 
 
-def _scatter_sorted_rows(rows_shape, top_left, updates, dtype=jnp.float32):
+def _scatter_sorted_rows(rows_shape, top_left, d_columns, grid, dtype=jnp.float32):
     """As `_scatter_windows`, as one scatter-add of the four neighbours' rows sorted by destination."""
     channels = rows_shape[-1]
     padded_w = rows_shape[1]
     corner_shift = jnp.array([0, 1, padded_w, padded_w + 1], jnp.int32)
-    rows = (top_left.reshape(-1, 1) + corner_shift).reshape(-1)
-    keys, order = lax.sort(
-        (rows, jnp.arange(rows.shape[0], dtype=jnp.int32)), num_keys=1
+    keys, order = _sorted((top_left.reshape(-1, 1) + corner_shift).reshape(-1))
+    # Row `n` of the four-neighbour list is sample `n // 4`'s neighbour `n % 4`.
+    updates = (
+        jnp.take(d_columns.reshape(-1, channels), order // 4, axis=0)
+        * jnp.take(grid.reshape(-1), order, axis=0)[:, None]
     )
-    updates = jnp.take(updates.reshape(-1, channels), order, axis=0)
     flat = jnp.zeros((rows_shape[0] * padded_w, channels), dtype).at[keys].add(
         updates.astype(dtype), indices_are_sorted=True, mode="promise_in_bounds"
     )
@@ -367,8 +382,7 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
     scatter = _SCATTERS[SCATTER_FORM]
     d_x = scatter(
-        x_rows.shape, top_left,
-        d_columns[:, :, None, None, :] * corner_grid(corners)[..., None],
+        x_rows.shape, top_left, d_columns, corner_grid(corners),
         jnp.float32 if SCATTER_DTYPE is None else x_rows.dtype,
     )
     return (
