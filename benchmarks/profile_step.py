@@ -26,7 +26,9 @@ put in one class by its kernel and HLO names:
 Variants (benchmark-only, to measure a change before it goes into the model):
 `onepass_bn` computes the BatchNorm statistics of training as the mean of
 `x` and of `x*x` in one pass (variance `E[x^2] - E[x]^2`) instead of Keras'
-`mean` then `var` (two passes over the activations).
+`mean` then `var` (two passes over the activations). `dcn=<options>` sets the
+XLA deformable convolution's benchmark options (`common.set_dcn_xla_options`,
+comma-separated, e.g. `dla34:mixed_bfloat16:dcn=sortscatter`).
 
 The table gives, per case, the step time, the share of each class and the
 heaviest HLO operations.
@@ -144,6 +146,8 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
 
     if variant == "onepass_bn":
         onepass_batchnorm()
+    elif variant.startswith("dcn="):
+        common.set_dcn_xla_options([o for o in variant[4:].split(",") if o])
     elif variant:
         raise ValueError(f"unknown variant {variant!r}")
     keras.mixed_precision.set_dtype_policy(dtype)
