@@ -77,14 +77,16 @@ def set_dcn_xla_options(options):
     """Benchmark-only: sets the XLA deformable convolution's module options.
 
     `options`: names among "keep" (`KEEP_COLUMNS`), "rows" and "window"
-    (`GATHER_FORM`), "rowscatter", "sortscatter" and "sortrowscatter"
-    (`SCATTER_FORM = "rows"`, `"sorted"`, `"sortedrows"`), "lowscatter"
+    (`GATHER_FORM`), "winscatter", "rowscatter", "sortscatter" and
+    "sortrowscatter" (`SCATTER_FORM = "window"`, `"rows"`, `"sorted"`,
+    `"sortedrows"`; else chosen by platform and channels), "lowscatter"
     (`SCATTER_DTYPE = "input"`), "pallasfwd" (`FORWARD = "pallas"`); an empty
     list restores the defaults.
     """
     from keras_centernet.ops import deform_conv_xla
 
-    scatters = {"rowscatter": "rows", "sortscatter": "sorted", "sortrowscatter": "sortedrows"}
+    scatters = {"winscatter": "window", "rowscatter": "rows", "sortscatter": "sorted",
+                "sortrowscatter": "sortedrows"}
     known = {"keep", "rows", "window", "lowscatter", "pallasfwd", *scatters}
     unknown = set(options) - known
     if unknown:
@@ -95,7 +97,7 @@ def set_dcn_xla_options(options):
     deform_conv_xla.KEEP_COLUMNS = "keep" in options
     forms = [o for o in options if o in ("rows", "window")]
     deform_conv_xla.GATHER_FORM = forms[0] if forms else None
-    deform_conv_xla.SCATTER_FORM = chosen[0] if chosen else "window"
+    deform_conv_xla.SCATTER_FORM = chosen[0] if chosen else None
     deform_conv_xla.SCATTER_DTYPE = "input" if "lowscatter" in options else None
     deform_conv_xla.FORWARD = "pallas" if "pallasfwd" in options else "xla"
 

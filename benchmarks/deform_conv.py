@@ -142,7 +142,7 @@ def _stage_cases(x, offsets, mask, kernel):
 
     `sample`: the forward's gather of every 2x2 neighbourhood and its float32
     mixing into the (M, 9 * Cin) columns in the compute dtype. `scatter`: the
-    input gradient's float32 scatter-add in the module's `SCATTER_FORM`, from
+    input gradient's float32 scatter-add in the module's default form, from
     a float32 column gradient and corner weights already in memory. Any DCN
     whose input gradient is a float32 scatter-add pays at least the latter.
     """
@@ -167,8 +167,8 @@ def _stage_cases(x, offsets, mask, kernel):
     d_columns = jnp.ones((num_pixels, 9, cin), jnp.float32) + 0.0
     grid = xla.corner_grid(corners)
 
-    def scatter(top_left, d_columns, grid):  # the module's SCATTER_FORM
-        return xla._SCATTERS[xla.SCATTER_FORM](x_rows.shape, top_left, d_columns, grid)
+    def scatter(top_left, d_columns, grid):  # the form deform_conv2d would use
+        return xla._SCATTERS[xla._scatter_form(cin)](x_rows.shape, top_left, d_columns, grid)
 
     return {
         "sample": (jax.jit(sample), (x_rows, flat_offsets, flat_mask)),

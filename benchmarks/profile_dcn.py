@@ -12,9 +12,10 @@ gathers, the matmuls.
 A variant is `implementation[:option...]`: `reference`, `xla`, `fused`, and
 for `xla` the options `keep` (`keep_columns=True`: the forward's columns are
 kept for the kernel gradient) and `rows` / `window` (the neighbours are gathered one row each, or as one
-2x2 window; the default depends on the platform), `rowscatter` (the input
-gradient is scattered one neighbour row at a time instead of as 2x2 windows)
-`sortscatter` (the 2x2 windows are sorted by their top-left neighbour
+2x2 window; the default depends on the platform), `winscatter` (the input
+gradient is one unsorted scatter-add of 2x2 windows; by default a GPU sorts
+them, see `deform_conv_xla._scatter_form`), `rowscatter` (it is scattered one
+neighbour row at a time, unsorted), `sortscatter` (the 2x2 windows are sorted by their top-left neighbour
 first, so that XLA:GPU sums runs of equal destinations before its atomic
 adds), `sortrowscatter` (the four neighbours' rows in one scatter, sorted by
 destination), and `lowscatter` (it is scattered in the input's dtype, bfloat16 under mixed
@@ -52,7 +53,7 @@ SHAPES = [
     ("64x64 128->128", 64, 128, 128),
 ]
 DEFAULT_VARIANTS = [
-    "conv", "reference", "xla", "xla:rows", "xla:keep", "xla:rowscatter", "xla:sortscatter",
+    "conv", "reference", "xla", "xla:winscatter", "xla:rows", "xla:keep", "xla:rowscatter", "xla:sortscatter",
     "xla:sortrowscatter", "xla:lowscatter",
     "xla:keep:lowscatter", "xla:pallasfwd", "xla:pallasfwd:lowscatter",
 ]

@@ -39,12 +39,12 @@ from keras_centernet.ops.deform_conv import validate_deform_conv_args
 # per neighbour, "sorted": one scatter-add of windows with the samples sorted
 # by their top-left neighbour, "sortedrows": one scatter-add of the rows of
 # all four neighbours sorted by their destination; sorted indices let XLA:GPU
-# sum the runs of equal destinations in registers before its atomic adds)
-# and in which dtype (None: float32, "input": the input's, bfloat16 under
+# sum the runs of equal destinations in registers before its atomic adds;
+# None: by platform and channels, see `_scatter_form`) and in which dtype (None: float32, "input": the input's, bfloat16 under
 # mixed precision, as the reference's automatic gradient).
 KEEP_COLUMNS = False
 GATHER_FORM = None
-SCATTER_FORM = "window"
+SCATTER_FORM = None
 SCATTER_DTYPE = None
 # The forward pass: "xla" (gathers, then one matmul) or "pallas" (the fused
 # Pallas forward kernel of deform_conv_jax.py, which keeps no column tensor;
@@ -277,6 +277,19 @@ def padded_rows(x):
     )
 
 
+def _scatter_form(channels):
+    """The input gradient's scatter: `SCATTER_FORM`, else by platform and channels."""
+    if SCATTER_FORM is not None:
+        return SCATTER_FORM
+    if jax.default_backend() != "gpu":
+        return "window"
+    # H100, bf16, batch 32 (benchmarks/results/profile_dcn.md): sorting makes a
+    # DLA-34 layer's forward+backward 16-24% shorter (128x128x64: 3.98 ->
+    # 3.13 ms), but XLA:GPU's sorted scatter of (2, 2, 512) windows took
+    # 18.1 ms (0.62 unsorted), where the sorted rows took 0.57.
+    return "sorted" if channels <= 256 else "sortedrows"
+
+
 def _gather_form():
     """"window" (one gather of 2x2 windows) or "rows" (one gather per neighbour)."""
     if GATHER_FORM is not None:
@@ -380,7 +393,7 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
         axis=-1,
     )
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
-    scatter = _SCATTERS[SCATTER_FORM]
+    scatter = _SCATTERS[_scatter_form(cin)]
     d_x = scatter(
         x_rows.shape, top_left, d_columns, corner_grid(corners),
         jnp.float32 if SCATTER_DTYPE is None else x_rows.dtype,
