@@ -86,17 +86,24 @@ def read_architectures(path):
 
 
 def read_training(path):
-    """Per preset: (training `fit` img/s, GPU name) by dtype, and the header line."""
+    """Per preset and dtype: the measurements (`fit` img/s, GPU, DCN), and the header line.
+
+    A case `preset:dtype` may also be stored as `preset:dtype@tag` (the same
+    case from another GPU or DCN implementation, `training_step.py --merge`);
+    each is one measurement.
+    """
     with open(path) as file:
         data = json.load(file)
     environment = data.get("environment") or "Device: ?"
     result = {}
     for case, values in data["cases"].items():
-        parts = case.split(":")
+        parts = case.split("@")[0].split(":")
         if len(parts) != 2 or "fit_img_s" not in values:
             continue
         gpu = values.get("gpu") or common.gpu_name(environment)
-        result.setdefault(parts[0], {})[parts[1]] = (values["fit_img_s"], gpu)
+        result.setdefault(parts[0], {}).setdefault(parts[1], []).append(
+            (values["fit_img_s"], gpu, values.get("dcn", "?"))
+        )
     return result, environment
 
 
@@ -119,7 +126,7 @@ def render(architectures, arch_device, training, train_device):
         "",
         f"Inference: {arch_device}",
         "",
-        f"Training: {train_device}",
+        f"Training (each row names its GPU; the last run's line): {train_device}",
         "",
         "## Inference (network + decoding, 512x512)",
         "",
@@ -151,18 +158,19 @@ def render(architectures, arch_device, training, train_device):
     for preset, rates in training.items():
         official = common.OFFICIAL.get(preset, {}).get("training_img_s", {})
         gflops = architectures.get(preset, {}).get("gflops")
-        for dtype in common.DTYPES:
-            rate, gpu = rates.get(dtype, (None, "?"))
+        measurements = [(dtype, m) for dtype in common.DTYPES
+                        for m in rates.get(dtype, [(None, "?", "?")])]
+        for dtype, (rate, gpu, dcn) in measurements:
             achieved = tflops(rate, gflops, 3.0)
             rows.append([
-                preset, common.SHORT_DTYPE[dtype], gpu, common.fmt(rate, 0),
+                preset, common.SHORT_DTYPE[dtype], gpu, dcn, common.fmt(rate, 0),
                 common.fmt(official.get("float32"), 0), common.ratio(rate, official.get("float32")),
                 common.fmt(official.get(dtype), 0), common.ratio(rate, official.get(dtype)),
                 common.fmt(achieved, 0),
                 common.fmt(None if achieved is None else 100 * achieved / PEAK_TFLOPS[dtype], 1),
             ])
     lines += common.table(
-        ["preset", "precision", "GPU", "img/s", "official fp32 img/s", "ours/official fp32 (bf16 goal >= 3)",
+        ["preset", "precision", "GPU", "DCN", "img/s", "official fp32 img/s", "ours/official fp32 (bf16 goal >= 3)",
          "official same precision", "ours/official same precision (bf16 goal >= 2)",
          "TFLOP/s (3 x forward)", "% of dense peak"],
         rows,

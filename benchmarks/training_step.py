@@ -209,6 +209,38 @@ def worker(args):
                         error=f"{type(error).__name__}: {str(error)[:600]}")
 
 
+def merged_key(results, case, values):
+    """The key of a merged case: `case`, or `case@GPU|DCN` beside a measurement from elsewhere.
+
+    A rerun on the same GPU with the same DCN implementation replaces the
+    earlier figure; one from another GPU or implementation is kept beside it.
+    """
+    prior = results.get(case)
+    if prior is None or "@" in case:
+        return case
+    if (prior.get("gpu"), prior.get("dcn")) == (values.get("gpu"), values.get("dcn")):
+        return case
+    return f"{case}@{values.get('gpu', '?')}|{values.get('dcn', '?')}"
+
+
+def _augment_row(preset, result, plain, problems):
+    """The row (a list of one, or none after an error) of one case with augmentation."""
+    if "error" in result:
+        problems.append(f"- `{preset}` bf16 with augmentation: {result['error']}")
+        return []
+    official_rate = common.OFFICIAL.get(preset, {}).get("training_img_s", {}).get("mixed_bfloat16")
+    augment_ms = None
+    if plain.get("fit_step_ms"):
+        augment_ms = result["fit_step_ms"] - plain["fit_step_ms"]
+    return [[
+        preset, "bf16", result.get("gpu", "?"), str(result["batch"]),
+        common.fmt(result.get("fit_step_ms"), 1),
+        common.fmt(result.get("fit_img_s"), 0), common.fmt(plain.get("fit_img_s"), 0),
+        common.fmt(augment_ms, 1),
+        common.ratio(result.get("fit_img_s"), official_rate) if official_rate else "",
+    ]]
+
+
 def render(results, environment, args):
     """The markdown text of the results gathered so far.
 
@@ -219,10 +251,10 @@ def render(results, environment, args):
     rows, problems = [], []
     for preset in args.presets:
         official = common.OFFICIAL.get(preset, {})
-        for dtype in common.DTYPES:
-            result = results.get(f"{preset}:{dtype}")
-            if result is None:
-                continue
+        cases = [(dtype, key) for dtype in common.DTYPES for key in results
+                 if key == f"{preset}:{dtype}" or key.startswith(f"{preset}:{dtype}@")]
+        for dtype, key in cases:
+            result = results[key]
             if "error" in result:
                 problems.append(f"- `{preset}` {common.SHORT_DTYPE[dtype]}: {result['error']}")
                 rows.append([preset, common.SHORT_DTYPE[dtype], result.get("gpu", "?"),
@@ -255,25 +287,16 @@ def render(results, environment, args):
                 f"{result['loss']:.3g}",
             ])
     augment_rows = []
-    merged = [c.split(":")[0] for c in results if c.endswith(":augment")]
+    merged = [c.split(":")[0] for c in results if c.split("@")[0].endswith(":augment")]
     for preset in dict.fromkeys([*args.augment_presets, *merged]):
-        result = results.get(f"{preset}:mixed_bfloat16:augment")
-        plain = results.get(f"{preset}:mixed_bfloat16", {})
-        if result is None:
-            continue
-        if "error" in result:
-            problems.append(f"- `{preset}` bf16 with augmentation: {result['error']}")
-            continue
-        official_rate = common.OFFICIAL.get(preset, {}).get("training_img_s", {}).get("mixed_bfloat16")
-        augment_ms = None
-        if plain.get("fit_step_ms"):
-            augment_ms = result["fit_step_ms"] - plain["fit_step_ms"]
-        augment_rows.append([
-            preset, "bf16", result.get("gpu", "?"), str(result["batch"]), common.fmt(result.get("fit_step_ms"), 1),
-            common.fmt(result.get("fit_img_s"), 0), common.fmt(plain.get("fit_img_s"), 0),
-            common.fmt(augment_ms, 1),
-            common.ratio(result.get("fit_img_s"), official_rate) if official_rate else "",
-        ])
+        for key in [k for k in results if k.split("@")[0] == f"{preset}:mixed_bfloat16:augment"]:
+            result = results[key]
+            # The plain case of the same GPU and DCN implementation.
+            plain = next((v for k, v in results.items()
+                          if k.split("@")[0] == f"{preset}:mixed_bfloat16"
+                          and (v.get("gpu"), v.get("dcn")) == (result.get("gpu"), result.get("dcn"))),
+                         {})
+            augment_rows.extend(_augment_row(preset, result, plain, problems))
     render_rows = [
         [key.replace("render_ms_bs", ""), common.fmt(value, 3)]
         for key, value in rendering.items() if key.startswith("render_ms_bs")
@@ -302,7 +325,8 @@ def render(results, environment, args):
         "",
         "`DCN` = the `deform_conv2d` implementation the step ran (`reference`: the "
         "`keras.ops` gathers with automatic gradients, the default before the XLA version; "
-        "`xla`: `deform_conv_xla.py`, with its benchmark options if any; `none`: the network has no DCN; `?`: not recorded). "
+        "`xla`: `deform_conv_xla.py` as it was at the run, with its benchmark options if any: rows of "
+        "2026-12-06 on a GPU sort the input gradient's scatter-add, the default since; `none`: the network has no DCN; `?`: not recorded). "
         "`train_on_batch img/s` = batch / median time of one call; `fit` = a `fit` of "
         "repeated batches (`fit ms` per step); `loop img/s` = the compiled step run back to back; "
         "`ours/official` = `fit img/s` / official img/s; `render %` = `render_targets` alone / "
@@ -398,7 +422,7 @@ def main():
         environment = earlier.get("environment", environment)
         for case, values in earlier["cases"].items():
             values.setdefault("gpu", common.gpu_name(environment))
-            results[case] = values
+            results[merged_key(results, case, values)] = values
 
     def on_result(result):
         nonlocal environment
@@ -407,7 +431,7 @@ def main():
             environment = result["line"]
             print(environment, flush=True)
             return
-        results[case] = result
+        results[merged_key(results, case, result)] = result
         print(case, json.dumps(result), flush=True)
         common.write_text(output, render(results, environment, args))
         common.write_text(
