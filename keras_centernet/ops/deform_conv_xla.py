@@ -16,7 +16,10 @@ written by hand (`jax.custom_vjp`):
   neighbourhoods again (cheaper than storing them) for the kernel gradient and
   for the four channel sums per sample that give the offset and mask
   gradients, all in one pass over the column gradient;
-* the input gradient is one float32 scatter-add of (2, 2, Cin) windows.
+* the input gradient is one float32 scatter-add of (2, 2, Cin) windows; on a
+  GPU the samples are first sorted by destination, so that XLA sums the runs
+  of equal destinations in registers before its atomic adds (`_scatter_form`:
+  a DLA-34 layer's forward+backward 14-24% shorter on an H100 in bf16).
 
 Selected by `deform_conv2d(..., implementation="xla")`, and by `"auto"` under
 the JAX backend (`deform_conv.py`).
