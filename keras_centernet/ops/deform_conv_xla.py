@@ -19,7 +19,7 @@ written by hand (`jax.custom_vjp`):
 * the input gradient is one float32 scatter-add of (2, 2, Cin) windows; on a
   GPU the samples are first sorted by destination, so that XLA sums the runs
   of equal destinations in registers before its atomic adds (`_scatter_form`:
-  a DLA-34 layer's forward+backward 14-24% shorter on an H100 in bf16).
+  a DLA-34 layer's forward+backward 7-24% shorter on an H100 in bf16).
 
 Selected by `deform_conv2d(..., implementation="xla")`, and by `"auto"` under
 the JAX backend (`deform_conv.py`).
@@ -43,8 +43,9 @@ from keras_centernet.ops.deform_conv import validate_deform_conv_args
 # by their top-left neighbour, "sortedrows": one scatter-add of the rows of
 # all four neighbours sorted by their destination; sorted indices let XLA:GPU
 # sum the runs of equal destinations in registers before its atomic adds;
-# None: by platform and channels, see `_scatter_form`) and in which dtype (None: float32, "input": the input's, bfloat16 under
-# mixed precision, as the reference's automatic gradient).
+# None: by platform and channels, see `_scatter_form`) and in which dtype
+# (None: float32, "input": the input's, bfloat16 under mixed precision, as the
+# reference's automatic gradient).
 KEEP_COLUMNS = False
 GATHER_FORM = None
 SCATTER_FORM = None
@@ -197,11 +198,11 @@ def corner_grid(corners):
 
 
 def _scatter_windows(rows_shape, top_left, d_columns, grid, dtype=jnp.float32):
-    """Input gradient: the sum of every sample's (2, 2, C) window into (B*(H+2), W+2, C), in `dtype`.
+    """Input gradient: every sample's (2, 2, C) window summed into (B*(H+2), W+2, C).
 
     `d_columns` (M, K, C) is the column gradient in float32, `grid` (M, K, 2, 2)
     the corner weights (`corner_grid`), `top_left` (M, K) each sample's
-    top-left neighbour's flat row.
+    top-left neighbour's flat row; the sum is taken in `dtype`.
     """
     updates = d_columns[:, :, None, None, :] * grid[..., None]
     return lax.scatter_add(
@@ -248,7 +249,7 @@ def _scatter_sorted_windows(rows_shape, top_left, d_columns, grid, dtype=jnp.flo
 
 
 def _scatter_sorted_rows(rows_shape, top_left, d_columns, grid, dtype=jnp.float32):
-    """As `_scatter_windows`, as one scatter-add of the four neighbours' rows sorted by destination."""
+    """As `_scatter_windows`: one scatter-add of all four neighbours' rows, sorted by destination."""
     channels = rows_shape[-1]
     padded_w = rows_shape[1]
     corner_shift = jnp.array([0, 1, padded_w, padded_w + 1], jnp.int32)
@@ -287,7 +288,7 @@ def _scatter_form(channels):
     if jax.default_backend() != "gpu":
         return "window"
     # H100, bf16, batch 32 (benchmarks/results/profile_dcn.md): sorting makes a
-    # DLA-34 layer's forward+backward 16-24% shorter (128x128x64: 3.98 ->
+    # DLA-34 layer's forward+backward 7-24% shorter (128x128x64: 3.98 ->
     # 3.13 ms), but XLA:GPU's sorted scatter of (2, 2, 512) windows took
     # 18.1 ms (0.62 unsorted), where the sorted rows took 0.57.
     return "sorted" if channels <= 256 else "sortedrows"
