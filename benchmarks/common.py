@@ -102,6 +102,11 @@ def set_dcn_xla_options(options):
     deform_conv_xla.FORWARD = "pallas" if "pallasfwd" in options else "xla"
 
 
+def base_case(key):
+    """A results key without its `@GPU|DCN` tag (`training_step.merged_key`)."""
+    return key.split("@")[0]
+
+
 def gpu_name(environment):
     """The device name in an environment line such as "Device: NVIDIA H200 (gpu, ...)"."""
     match = re.match(r"Device: (.+?) \(", environment or "")

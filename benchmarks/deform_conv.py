@@ -167,8 +167,8 @@ def _stage_cases(x, offsets, mask, kernel):
     d_columns = jnp.ones((num_pixels, 9, cin), jnp.float32) + 0.0
     grid = xla.corner_grid(corners)
 
-    def scatter(top_left, d_columns, grid):  # the form deform_conv2d would use
-        return xla._SCATTERS[xla._scatter_form(cin)](x_rows.shape, top_left, d_columns, grid)
+    def scatter(top_left, d_columns, grid):
+        return xla.input_gradient(x_rows.shape, top_left, d_columns, grid)
 
     return {
         "sample": (jax.jit(sample), (x_rows, flat_offsets, flat_mask)),

@@ -97,7 +97,7 @@ def read_training(path):
     environment = data.get("environment") or "Device: ?"
     result = {}
     for case, values in data["cases"].items():
-        parts = case.split("@")[0].split(":")
+        parts = common.base_case(case).split(":")
         if len(parts) != 2 or "fit_img_s" not in values:
             continue
         gpu = values.get("gpu") or common.gpu_name(environment)

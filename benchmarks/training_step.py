@@ -252,7 +252,7 @@ def render(results, environment, args):
     for preset in args.presets:
         official = common.OFFICIAL.get(preset, {})
         cases = [(dtype, key) for dtype in common.DTYPES for key in results
-                 if key == f"{preset}:{dtype}" or key.startswith(f"{preset}:{dtype}@")]
+                 if common.base_case(key) == f"{preset}:{dtype}"]
         for dtype, key in cases:
             result = results[key]
             if "error" in result:
@@ -287,13 +287,13 @@ def render(results, environment, args):
                 f"{result['loss']:.3g}",
             ])
     augment_rows = []
-    merged = [c.split(":")[0] for c in results if c.split("@")[0].endswith(":augment")]
+    merged = [c.split(":")[0] for c in results if common.base_case(c).endswith(":augment")]
     for preset in dict.fromkeys([*args.augment_presets, *merged]):
-        for key in [k for k in results if k.split("@")[0] == f"{preset}:mixed_bfloat16:augment"]:
+        for key in [k for k in results if common.base_case(k) == f"{preset}:mixed_bfloat16:augment"]:
             result = results[key]
             # The plain case of the same GPU and DCN implementation.
             plain = next((v for k, v in results.items()
-                          if k.split("@")[0] == f"{preset}:mixed_bfloat16"
+                          if common.base_case(k) == f"{preset}:mixed_bfloat16"
                           and (v.get("gpu"), v.get("dcn")) == (result.get("gpu"), result.get("dcn"))),
                          {})
             augment_rows.extend(_augment_row(preset, result, plain, problems))

@@ -152,11 +152,6 @@ _WINDOW_SCATTER = lax.ScatterDimensionNumbers(
     update_window_dims=(2, 3, 4), inserted_window_dims=(),
     scatter_dims_to_operand_dims=(0, 1),
 )
-# The same for a flat list of samples (S, 2, 2, C) with (S, 2) starts.
-_SORTED_WINDOW_SCATTER = lax.ScatterDimensionNumbers(
-    update_window_dims=(1, 2, 3), inserted_window_dims=(),
-    scatter_dims_to_operand_dims=(0, 1),
-)
 
 
 def corner_weights(ly, lx, weight):
@@ -197,7 +192,8 @@ def corner_grid(corners):
     )
 
 
-def _scatter_windows(rows_shape, top_left, d_columns, grid, dtype=jnp.float32):
+def _scatter_windows(rows_shape, top_left, d_columns, grid, dtype=jnp.float32,
+                     indices_are_sorted=False):
     """Input gradient: every sample's (2, 2, C) window summed into (B*(H+2), W+2, C).
 
     `d_columns` (M, K, C) is the column gradient in float32, `grid` (M, K, 2, 2)
@@ -207,7 +203,7 @@ def _scatter_windows(rows_shape, top_left, d_columns, grid, dtype=jnp.float32):
     updates = d_columns[:, :, None, None, :] * grid[..., None]
     return lax.scatter_add(
         jnp.zeros(rows_shape, dtype), _window_starts(top_left, rows_shape[1]),
-        updates.astype(dtype), _WINDOW_SCATTER,
+        updates.astype(dtype), _WINDOW_SCATTER, indices_are_sorted=indices_are_sorted,
         mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
     )
 
@@ -236,15 +232,12 @@ def _scatter_sorted_windows(rows_shape, top_left, d_columns, grid, dtype=jnp.flo
     channels = rows_shape[-1]
     keys, order = _sorted(top_left.reshape(-1))
     # Gather the (S, C) gradients and (S, 2, 2) weights (not the 4x larger
-    # products) in sorted order; their product fuses into the scatter.
-    updates = (
-        jnp.take(d_columns.reshape(-1, channels), order, axis=0)[:, None, None, :]
-        * jnp.take(grid.reshape(-1, 2, 2), order, axis=0)[..., None]
-    )
-    return lax.scatter_add(
-        jnp.zeros(rows_shape, dtype), _window_starts(keys, rows_shape[1]),
-        updates.astype(dtype), _SORTED_WINDOW_SCATTER,
-        indices_are_sorted=True, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    # products) in sorted order, as S samples of one kernel point each.
+    return _scatter_windows(
+        rows_shape, keys[:, None],
+        jnp.take(d_columns.reshape(-1, channels), order, axis=0)[:, None],
+        jnp.take(grid.reshape(-1, 2, 2), order, axis=0)[:, None],
+        dtype, indices_are_sorted=True,
     )
 
 
@@ -292,6 +285,11 @@ def _scatter_form(channels):
     # 3.13 ms), but XLA:GPU's sorted scatter of (2, 2, 512) windows took
     # 18.1 ms (0.62 unsorted), where the sorted rows took 0.57.
     return "sorted" if channels <= 256 else "sortedrows"
+
+
+def input_gradient(rows_shape, top_left, d_columns, grid, dtype=jnp.float32):
+    """The input gradient's scatter-add in the form `_scatter_form` picks (see `_scatter_windows`)."""
+    return _SCATTERS[_scatter_form(rows_shape[-1])](rows_shape, top_left, d_columns, grid, dtype)
 
 
 def _gather_form():
@@ -397,8 +395,7 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
         axis=-1,
     )
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
-    scatter = _SCATTERS[_scatter_form(cin)]
-    d_x = scatter(
+    d_x = input_gradient(
         x_rows.shape, top_left, d_columns, corner_grid(corners),
         jnp.float32 if SCATTER_DTYPE is None else x_rows.dtype,
     )

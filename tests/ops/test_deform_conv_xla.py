@@ -201,10 +201,12 @@ def test_scatter_options_set_the_input_gradients_scatter(
         return jnp.sum(xla.deform_conv2d(x, offsets, mask, kernel).astype(jnp.float32))
 
     jaxpr = jax.make_jaxpr(jax.grad(loss))(x)
-    scatters = []
+    scatters, sorts = [], []
 
     def walk(jaxpr):
         for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "sort":
+                sorts.append(eqn)
             if eqn.primitive.name == "scatter-add":
                 scatters.append(
                     (str(eqn.outvars[0].aval.dtype), eqn.params["indices_are_sorted"])
@@ -216,6 +218,8 @@ def test_scatter_options_set_the_input_gradients_scatter(
 
     walk(jaxpr.jaxpr)
     assert (len(scatters), *set(scatters)) == (expected[0], expected[1:]), scatters
+    # A scatter told its indices are sorted must get them from a sort.
+    assert len(sorts) == int(expected[2])
 
 
 @pytest.mark.parametrize(
