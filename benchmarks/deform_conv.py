@@ -72,34 +72,59 @@ def make_inputs(rng, batch, size, cin, cout):
     return x, offsets, mask, kernel, bias
 
 
-def jax_cases(inputs, implementations=("reference",), dtype="float32"):
+def make_loss_weights(rng, batch, size, cout):
+    """Random weights of the timed loss `weighted_square` (an argument of the timed function)."""
+    return rng.normal(size=(batch, size, size, cout)).astype("float32")
+
+
+def weighted_square(y, loss_weights):
+    """`sum(loss_weights * y**2) / 2` in float32: the timed forward+backward's loss.
+
+    Its output gradient `loss_weights * y` depends on the forward's output, so
+    the backward waits for the forward, as in training. With `sum(y)` (or
+    any loss linear in y) the output gradient is known without the forward:
+    XLA then ran the backward first and merged the forward's column
+    sampling into the backward's channel-sum fusion (seen in the optimised
+    HLO, 2026-12-06), which a training step cannot do.
+    """
+    import jax.numpy as jnp
+
+    y = y.astype("float32")
+    return 0.5 * jnp.sum(loss_weights * y * y)
+
+
+def jax_cases(inputs, implementations=("reference",), dtype="float32", loss_weights=None):
     """Compiled timings and peak memory of DCN (each implementation) and a conv.
 
     Returns `{name: (ms, peak_bytes)}` with names `<impl>`, `<impl>_fb`,
     `conv`, `conv_fb`. Inputs and kernel are cast to `dtype` (bfloat16 as
     under mixed precision: offsets and mask stay float32, as Keras' layers
-    keep them).
+    keep them). The `_fb` cases differentiate `weighted_square(y, loss_weights)`
+    (`make_loss_weights`; drawn here when None).
     """
     import jax
     import jax.numpy as jnp
 
     x, offsets, mask, kernel, bias = [jnp.asarray(a) for a in inputs]
     x, kernel, bias = (a.astype(dtype) for a in (x, kernel, bias))
+    if loss_weights is None:
+        loss_weights = make_loss_weights(np.random.default_rng(1), *x.shape[:2], kernel.shape[-1])
+    loss_weights = jnp.asarray(loss_weights)
 
     def make_dcn(implementation):
         def dcn(x, offsets, mask, kernel, bias):
             return deform_conv2d(x, offsets, mask, kernel, bias, implementation=implementation)
 
-        def dcn_loss(x, offsets, mask, kernel, bias):
-            return jnp.sum(dcn(x, offsets, mask, kernel, bias).astype("float32"))
+        def dcn_loss(x, offsets, mask, kernel, bias, loss_weights):
+            return weighted_square(dcn(x, offsets, mask, kernel, bias), loss_weights)
 
         return dcn, dcn_loss
 
     def conv(x, kernel, bias):
         return ops.conv(x, kernel, padding="same") + bias
 
-    def conv_loss(x, kernel, bias):
-        return jnp.sum(conv(x, kernel, bias).astype("float32"))
+    def conv_loss(x, kernel, bias, loss_weights):
+        return weighted_square(conv(x, kernel, bias), loss_weights)
 
     dcn_args = (x, offsets, mask, kernel, bias)
     cases = {}
@@ -110,12 +135,13 @@ def jax_cases(inputs, implementations=("reference",), dtype="float32"):
         # output, which XLA would otherwise drop (the gradient of a sum does
         # not depend on it), leaving the backward pass alone.
         cases[implementation + "_fb"] = (
-            jax.jit(jax.value_and_grad(dcn_loss, argnums=(0, 1, 2, 3, 4))), dcn_args)
+            jax.jit(jax.value_and_grad(dcn_loss, argnums=(0, 1, 2, 3, 4))),
+            (*dcn_args, loss_weights))
     if "xla" in implementations:
         cases.update(_stage_cases(x, offsets, mask, kernel))
     cases["conv"] = (jax.jit(conv), (x, kernel, bias))
     cases["conv_fb"] = (
-        jax.jit(jax.value_and_grad(conv_loss, argnums=(0, 1, 2))), (x, kernel, bias))
+        jax.jit(jax.value_and_grad(conv_loss, argnums=(0, 1, 2))), (x, kernel, bias, loss_weights))
     results = {}
     for name, (fn, args) in cases.items():
         try:
@@ -207,7 +233,7 @@ def parity(inputs, implementation="fused"):
     return out
 
 
-def torchvision_cases(inputs):
+def torchvision_cases(inputs, loss_weights):
     try:
         import torch
         import torchvision
@@ -222,6 +248,7 @@ def torchvision_cases(inputs):
     tmask = torch.tensor(mask.transpose(0, 3, 1, 2).copy(), device=device, requires_grad=True)
     tkernel = torch.tensor(kernel.transpose(3, 2, 0, 1).copy(), device=device, requires_grad=True)
     tbias = torch.tensor(bias, device=device, requires_grad=True)
+    tweights = torch.tensor(loss_weights.transpose(0, 3, 1, 2).copy(), device=device)
 
     def forward():
         with torch.no_grad():
@@ -229,7 +256,8 @@ def torchvision_cases(inputs):
 
     def forward_backward():
         out = torchvision.ops.deform_conv2d(tx, toff, tkernel, tbias, padding=1, mask=tmask)
-        return torch.autograd.grad(out.sum(), (tx, toff, tmask, tkernel, tbias))
+        loss = 0.5 * (tweights * out * out).sum()
+        return torch.autograd.grad(loss, (tx, toff, tmask, tkernel, tbias))
 
     def sync(_):
         torch.cuda.synchronize()
@@ -319,8 +347,9 @@ def main():
                 skipped.append(f"{network} {layer} batch {batch} {dtype}")
                 continue
             inputs = make_inputs(rng, batch, size, cin, cout)
-            ours = jax_cases(inputs, implementations, dtype)
-            tv = (torchvision_cases(inputs) or {}) if dtype == "float32" else {}
+            loss_weights = make_loss_weights(rng, batch, size, cout)
+            ours = jax_cases(inputs, implementations, dtype, loss_weights)
+            tv = (torchvision_cases(inputs, loss_weights) or {}) if dtype == "float32" else {}
             row = [network, layer, f"{size}x{size}", f"{cin}->{cout}", str(batch), dtype]
             row += [fmt_ms(get(ours, i, 0)) for i in implementations]
             row += [fmt_ms(get(ours, "conv", 0)), fmt_ms(get(tv, "tv", 0))]
@@ -377,7 +406,9 @@ def main():
         "kernels (`implementation=\"fused\"`), "
         "`tv` = torchvision.ops.deform_conv2d (CUDA, float32 only), `conv` = a plain 3x3 "
         "convolution of the same shape, `f+b` = forward and gradients w.r.t. every input "
-        "(`jax.value_and_grad` of the output's sum, so that the forward pass runs too). "
+        "(`jax.value_and_grad` of `sum(c * y**2) / 2` with random weights `c` passed as an "
+        "argument: the output gradient `c * y` needs the forward pass, so the backward waits "
+        "for it, as in training). "
         "float32 uses XLA's default matmul precision on GPU (TF32); bfloat16 casts input, "
         "kernel and bias as mixed precision does. Ratios > 1 in `tv/...` and `ref/...` mean "
         "the second is faster. With `xla` timed: `sample ms` = its forward's gathers and "

@@ -21,7 +21,10 @@ adds), `sortrowscatter` (the four neighbours' rows in one scatter, sorted by
 destination), and `lowscatter` (it is scattered in the input's dtype, bfloat16 under mixed
 precision, as the reference's automatic gradient does, instead of float32),
 `pallasfwd` (the forward pass is the fused Pallas kernel of
-`deform_conv_jax.py`, which writes no column tensor; the backward is XLA's);
+`deform_conv_jax.py`, which writes no column tensor; the backward is XLA's),
+`combos` and `shared` (the offset and mask gradients from three channel sums
+with mixes of the neighbours instead of four with the neighbours,
+`deform_conv_xla.SUMS_FORM`);
 options join with `:` (`xla:keep:lowscatter`).
 `conv` is the plain 3x3 convolution of the same shape.
 """
@@ -41,7 +44,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
+from deform_conv import make_loss_weights  # noqa: E402
 from deform_conv import make_inputs  # noqa: E402
+from deform_conv import weighted_square  # noqa: E402
 from profile_step import CLASSES  # noqa: E402
 from profile_step import kernel_class  # noqa: E402
 from profile_step import kernel_events  # noqa: E402
@@ -60,36 +65,45 @@ DEFAULT_VARIANTS = [
 
 
 def make_loss(variant):
-    """`loss(x, offsets, mask, kernel, bias)` of one variant and the arguments it takes."""
-    import jax.numpy as jnp
+    """`loss(x, offsets, mask, kernel, bias, loss_weights)` of one variant and the arguments it differentiates.
+
+    The loss is `sum(loss_weights * y**2) / 2` (`deform_conv.weighted_square`):
+    its output gradient needs the forward's output, so that the backward
+    waits for the forward as in training.
+    """
     from keras import ops
 
     from keras_centernet.ops import deform_conv2d
 
     name, *options = variant.split(":")
     if name == "conv":
-        def loss(x, offsets, mask, kernel, bias):
+        def loss(x, offsets, mask, kernel, bias, loss_weights):
             del offsets, mask
-            return jnp.sum((ops.conv(x, kernel, padding="same") + bias).astype("float32"))
+            return weighted_square(ops.conv(x, kernel, padding="same") + bias, loss_weights)
         return loss, (0, 3, 4)
     if options and name != "xla":
         raise ValueError(f"unknown variant {variant!r}")
 
-    def loss(x, offsets, mask, kernel, bias):
+    def loss(x, offsets, mask, kernel, bias, loss_weights):
         # The options are read while the gradient is traced (`measure`).
         common.set_dcn_xla_options(options)
-        y = deform_conv2d(x, offsets, mask, kernel, bias, implementation=name)
-        return jnp.sum(y.astype("float32"))
+        return weighted_square(
+            deform_conv2d(x, offsets, mask, kernel, bias, implementation=name), loss_weights)
     return loss, (0, 1, 2, 3, 4)
 
 
-def measure(variant, inputs, dtype, profile_calls=3):
-    """f+b ms, peak bytes and `{class: ms}` of one variant on one input."""
+def measure(variant, inputs, loss_weights, dtype, profile_calls=3, hlo_path=None):
+    """f+b ms, peak bytes and `{class: ms}` of one variant on one input.
+
+    With `hlo_path`, the optimised HLO of the compiled function (its fusions'
+    bodies: which operations each GPU kernel holds) is written there.
+    """
     import jax
 
-    x, offsets, mask, kernel, bias = [jax.numpy.asarray(a) for a in inputs]
+    x, offsets, mask, kernel, bias, loss_weights = [
+        jax.numpy.asarray(a) for a in (*inputs, loss_weights)]
     x, kernel, bias = (a.astype(dtype) for a in (x, kernel, bias))
-    args = (x, offsets, mask, kernel, bias)
+    args = (x, offsets, mask, kernel, bias, loss_weights)
     loss, argnums = make_loss(variant)
     # value_and_grad: the loss's value keeps the forward pass, which XLA drops
     # from a bare gradient of a sum.
@@ -98,6 +112,8 @@ def measure(variant, inputs, dtype, profile_calls=3):
         compiled = fn.lower(*args).compile()
     finally:
         common.set_dcn_xla_options([])
+    if hlo_path:
+        common.write_text(hlo_path, compiled.as_text())
     analysis = compiled.memory_analysis()
     peak = None if analysis is None else (
         analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
@@ -128,6 +144,8 @@ def main():
     parser.add_argument("--shapes", nargs="+", type=int, default=list(range(len(SHAPES))),
                         help="indices into SHAPES")
     parser.add_argument("--budget", type=float, default=300.0)
+    parser.add_argument("--hlo-dump", metavar="DIR",
+                        help="write each case's optimised HLO to DIR/<shape>_<dtype>_<variant>.hlo")
     parser.add_argument("--output", default=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results", "profile_dcn.md"))
     args = parser.parse_args()
@@ -144,12 +162,18 @@ def main():
         for index in args.shapes:
             label, size, cin, cout = SHAPES[index]
             inputs = make_inputs(rng, args.batch, size, cin, cout)
+            loss_weights = make_loss_weights(rng, args.batch, size, cout)
             conv_ms = None
             for variant in args.variants:
                 if time.perf_counter() - started > args.budget:
                     skipped.append(f"{label} {dtype} {variant}")
                     continue
-                ms, peak, classes, top = measure(variant, inputs, dtype)
+                hlo_path = None
+                if args.hlo_dump:
+                    name = f"{size}x{size}x{cin}x{cout}_{dtype}_{variant.replace(':', '-')}.hlo"
+                    hlo_path = os.path.join(args.hlo_dump, name)
+                ms, peak, classes, top = measure(variant, inputs, loss_weights, dtype,
+                                                 hlo_path=hlo_path)
                 if variant == "conv":
                     conv_ms = ms
                 row = [label, dtype, variant, f"{ms:.3f}",
@@ -166,7 +190,9 @@ def main():
         "",
         f"Device: {device.device_kind} ({device.platform}), JAX {jax.__version__}, "
         f"Keras {keras.__version__}. Batch {args.batch}; offsets N(0, 1.5) px, mask U(0, 1). "
-        "`f+b ms` = median wall time of the compiled value and gradient w.r.t. every input; the class "
+        "`f+b ms` = median wall time of the compiled value and gradient w.r.t. every input of "
+        "`sum(c * y**2) / 2` (random weights `c` passed as an argument: the backward waits for "
+        "the forward, as in training); the class "
         "columns are the traced GPU kernel time per call, classed by "
         "`profile_step.kernel_class` (`convolution` includes the matmuls). Written by "
         "`benchmarks/profile_dcn.py`; its docstring names the variants.",

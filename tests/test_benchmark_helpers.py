@@ -56,3 +56,28 @@ def test_merged_key_keeps_measurements_from_elsewhere(benchmarks):
     assert training_step.merged_key(results, "dla34:float32", h100) == "dla34:float32"
     tagged = "dla34:mixed_bfloat16@NVIDIA H100 80GB HBM3|xla"
     assert training_step.merged_key(results, tagged, h100) == tagged
+
+
+@pytest.mark.jax
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax",
+                    reason="the DCN benchmarks time the JAX backend")
+def test_timed_dcn_loss_needs_the_forward_output():
+    # deform_conv.py and profile_dcn.py time value_and_grad of this loss. Its
+    # output gradient must depend on the output y (here c * y, by hand), or
+    # XLA runs the backward without waiting for the forward and merges work
+    # that a training step cannot (a constant gradient, as from sum(y), did).
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import deform_conv
+    finally:
+        sys.path.remove(BENCHMARKS)
+    y = np.array([[1.0, -2.0], [0.5, 3.0]], "float32")
+    weights = np.array([[2.0, 1.0], [-1.0, 0.5]], "float32")
+    value, grad = jax.value_and_grad(deform_conv.weighted_square)(y, weights)
+    np.testing.assert_allclose(value, 0.5 * (2.0 + 4.0 - 0.25 + 4.5))
+    np.testing.assert_allclose(grad, weights * y)
+    drawn = deform_conv.make_loss_weights(np.random.default_rng(0), 2, 4, 3)
+    assert drawn.shape == (2, 4, 4, 3) and drawn.dtype == np.float32
