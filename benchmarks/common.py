@@ -80,14 +80,14 @@ def set_dcn_xla_options(options):
     (`GATHER_FORM`), "winscatter", "rowscatter", "sortscatter" and
     "sortrowscatter" (`SCATTER_FORM = "window"`, `"rows"`, `"sorted"`,
     `"sortedrows"`; else chosen by platform and channels), "lowscatter"
-    (`SCATTER_DTYPE = "input"`), "pallasfwd" (`FORWARD = "pallas"`); an empty
-    list restores the defaults.
+    (`SCATTER_DTYPE = "input"`), "pallasfwd" (`FORWARD = "pallas"`),
+    "padfused" (`PAD_BARRIER = False`); an empty list restores the defaults.
     """
     from keras_centernet.ops import deform_conv_xla
 
     scatters = {"winscatter": "window", "rowscatter": "rows", "sortscatter": "sorted",
                 "sortrowscatter": "sortedrows"}
-    known = {"keep", "rows", "window", "lowscatter", "pallasfwd", *scatters}
+    known = {"keep", "rows", "window", "lowscatter", "pallasfwd", "padfused", *scatters}
     unknown = set(options) - known
     if unknown:
         raise ValueError(f"unknown DCN options {sorted(unknown)}")
@@ -100,6 +100,7 @@ def set_dcn_xla_options(options):
     deform_conv_xla.SCATTER_FORM = chosen[0] if chosen else None
     deform_conv_xla.SCATTER_DTYPE = "input" if "lowscatter" in options else None
     deform_conv_xla.FORWARD = "pallas" if "pallasfwd" in options else "xla"
+    deform_conv_xla.PAD_BARRIER = "padfused" not in options
 
 
 def base_case(key):

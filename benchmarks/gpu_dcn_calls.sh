@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 4   # DLA-34 bf16 steps: lowscatter, pallasfwd, keep
 #   bash benchmarks/gpu_dcn_calls.sh 2   # training_step.py: resnet18_dcn, dla34 (+ augmentation)
 #   bash benchmarks/gpu_dcn_calls.sh 3   # deform_conv.py: reference and xla, batch 1 and 32
+#   bash benchmarks/gpu_dcn_calls.sh 5   # profile_dcn.py with HLO (options) + deform_conv.py xla at batch 32
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -17,7 +18,7 @@
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1, 2, 3 or 4"}
+phase=${1:?"phase: 1, 2, 3, 4 or 5"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -54,5 +55,33 @@ case $phase in
       --batches 1 32 --bf16-batches 32 --budget 540 --output "$OUT/deform_conv_xla.md" \
       2>&1 | grep -vi warning | tail -12
     ;;
-  *) echo "unknown phase $phase (1, 2, 3 or 4)" >&2; exit 2 ;;
+  5)
+    # The timed loss's output gradient needs the forward (deform_conv.weighted_square); command
+    # buffers off, so that each kernel keeps its HLO name (the HLO says what it holds).
+    export XLA_FLAGS=--xla_gpu_enable_command_buffer=
+    timeout 150 python3 benchmarks/profile_dcn.py conv xla xla:pallasfwd \
+      --dtypes bfloat16 --shapes 0 1 2 --budget 120 --hlo-dump /tmp/gpu_dcn_work/hlo \
+      --output "$OUT/profile_dcn_bf16.md" 2>&1 | grep "^|" | cut -c1-400
+    timeout 50 python3 benchmarks/profile_dcn.py conv xla xla:pallasfwd --dtypes float32 \
+      --shapes 0 --budget 30 --output "$OUT/profile_dcn_fp32.md" 2>&1 | grep "^|" | cut -c1-400
+    tar czf "$OUT/profile_dcn_hlo.tgz" -C /tmp/gpu_dcn_work hlo
+    unset XLA_FLAGS
+    for options in "" pallasfwd; do step "$options"; done
+    ;;
+  7)
+    export XLA_FLAGS=--xla_gpu_enable_command_buffer=
+    timeout 150 python3 benchmarks/profile_dcn.py conv xla xla:rows xla:padfused xla:rows:padfused \
+      --dtypes bfloat16 --shapes 0 1 --budget 120 --hlo-dump /tmp/gpu_dcn_work/hlo \
+      --output "$OUT/profile_dcn_gather.md" 2>&1 | grep "^|" | cut -c1-400
+    tar czf "$OUT/profile_dcn_hlo.tgz" -C /tmp/gpu_dcn_work hlo
+    ;;
+  6)
+    BENCH_DCN_XLA_OPTIONS= timeout 150 python3 benchmarks/training_step.py --presets dla34 \
+      --dtypes mixed_bfloat16 --skip-render --augment-presets --steps 10 \
+      --output "$OUT/step_default.md" 2>&1 | grep -E "^dla34|Error" | cut -c1-400
+    timeout 320 python3 benchmarks/deform_conv.py --implementations xla --batches 32 \
+      --bf16-batches 32 --budget 290 --output "$OUT/deform_conv_xla.md" 2>&1 \
+      | grep -vi warning | tail -12
+    ;;
+  *) echo "unknown phase $phase (1, 2, 3, 4 or 5)" >&2; exit 2 ;;
 esac

@@ -33,18 +33,20 @@ def xla():
 
 
 @pytest.mark.parametrize(
-    "keep_columns, gather_form, scatter_form",
+    "keep_columns, gather_form, scatter_form, pad_barrier",
     # The CPU's row gathers and the GPU's window gathers both run here.
-    [(False, "rows", "window"), (True, "rows", "window"), (False, "window", "window"),
-     (True, "window", "window"), (False, "rows", "rows"), (False, "rows", "sorted"),
-     (False, "rows", "sortedrows")],
+    [(False, "rows", "window", True), (True, "rows", "window", True),
+     (False, "window", "window", True), (True, "window", "window", True),
+     (False, "rows", "rows", True), (False, "rows", "sorted", True),
+     (False, "rows", "sortedrows", True), (False, "window", "sorted", False)],
 )
 @pytest.mark.parametrize("case", ["A", "B", "C", "D"])
 def test_forward_and_gradients_match_official(
-    fixture_path, xla, monkeypatch, case, keep_columns, gather_form, scatter_form
+    fixture_path, xla, monkeypatch, case, keep_columns, gather_form, scatter_form, pad_barrier
 ):
     monkeypatch.setattr(xla, "GATHER_FORM", gather_form)
     monkeypatch.setattr(xla, "SCATTER_FORM", scatter_form)
+    monkeypatch.setattr(xla, "PAD_BARRIER", pad_barrier)
     c = load_case(fixture_path, case)
 
     def fn(x, offsets, mask, kernel, bias):
@@ -239,3 +241,36 @@ def test_default_scatter_form_by_platform_and_channels(xla, monkeypatch, backend
     assert xla._scatter_form(channels) == expected
     monkeypatch.setattr(xla, "SCATTER_FORM", "rows")
     assert xla._scatter_form(channels) == "rows"
+
+
+@pytest.mark.parametrize("pad_barrier", [True, False])
+def test_padded_input_is_written_before_the_gathers(rng, xla, monkeypatch, pad_barrier):
+    # With PAD_BARRIER the zero-padded (B * (H + 2), W + 2, C) input passes an
+    # optimisation barrier, so that XLA writes it once instead of fusing the
+    # padding (a bounds test per element) into every gather; the values are
+    # those of the official fixtures either way (test above).
+    import jax
+    import jax.numpy as jnp
+
+    monkeypatch.setattr(xla, "PAD_BARRIER", pad_barrier)
+    x, offsets, mask, kernel, _ = _random_inputs(rng, 2, 6, 5, 4, 4, 6, 5)
+
+    def loss(x):
+        return jnp.sum(xla.deform_conv2d(x, offsets, mask, kernel) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(x)
+    barriers = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "optimization_barrier"]
+    if pad_barrier:
+        # The forward's barrier, and its transpose on the input gradient.
+        assert [eqn.outvars[0].aval.shape for eqn in barriers] == [(2 * 8, 7, 4)] * 2
+    else:
+        assert barriers == []
+
+
+def test_window_starts_are_floor_division_and_remainder(xla):
+    import jax.numpy as jnp
+
+    rows = np.array([[0, 1, 129], [130, 131, 541_279]], np.int32)
+    starts = np.asarray(xla._window_starts(jnp.asarray(rows), 130))
+    np.testing.assert_array_equal(starts[..., 0], rows // 130)
+    np.testing.assert_array_equal(starts[..., 1], rows % 130)
