@@ -7,11 +7,15 @@
 #   bash benchmarks/gpu_dcn_calls.sh 4   # DLA-34 bf16 steps: lowscatter, pallasfwd, keep
 #   bash benchmarks/gpu_dcn_calls.sh 2   # training_step.py: resnet18_dcn, dla34 (+ augmentation)
 #   bash benchmarks/gpu_dcn_calls.sh 3   # deform_conv.py: reference and xla, batch 1 and 32
-#   bash benchmarks/gpu_dcn_calls.sh 5   # profile_dcn.py with HLO (options) + deform_conv.py xla at batch 32
+#   bash benchmarks/gpu_dcn_calls.sh 5   # profile_dcn.py with HLO: xla, pallasfwd + DLA-34 bf16 steps
+#   bash benchmarks/gpu_dcn_calls.sh 6   # a DLA-34 bf16 step + deform_conv.py xla at batch 32
+#   bash benchmarks/gpu_dcn_calls.sh 7   # profile_dcn.py with HLO: the gather forms, padding fused or not
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
-# without augmentation, phase 3 for xla at batch 32. Still to run: 2 and 3 whole.
+# without augmentation, phase 3 for xla at batch 32 (all three under the
+# earlier `sum(y)` loss, profile_dcn.md section 6); then 5, 7 and 6 with the
+# loss that needs the forward. Still to run: 2 and 3 whole.
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only
