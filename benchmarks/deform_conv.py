@@ -131,9 +131,10 @@ def jax_cases(inputs, implementations=("reference",), dtype="float32", loss_weig
     for implementation in implementations:
         dcn, dcn_loss = make_dcn(implementation)
         cases[implementation] = (jax.jit(dcn), dcn_args)
-        # value_and_grad, not grad: the loss's value needs the forward's
-        # output, which XLA would otherwise drop (the gradient of a sum does
-        # not depend on it), leaving the backward pass alone.
+        # The loss sum(c * y**2) / 2 has the output gradient c * y, so the
+        # backward needs the forward's output, as a training loss does (the
+        # gradient of sum(y) does not, and XLA then fuses the forward's
+        # sampling into the backward's, which no training step allows).
         cases[implementation + "_fb"] = (
             jax.jit(jax.value_and_grad(dcn_loss, argnums=(0, 1, 2, 3, 4))),
             (*dcn_args, loss_weights))

@@ -22,7 +22,7 @@
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1, 2, 3, 4 or 5"}
+phase=${1:?"phase: 1 to 7"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -72,13 +72,6 @@ case $phase in
     unset XLA_FLAGS
     for options in "" pallasfwd; do step "$options"; done
     ;;
-  7)
-    export XLA_FLAGS=--xla_gpu_enable_command_buffer=
-    timeout 150 python3 benchmarks/profile_dcn.py conv xla xla:rows xla:padfused xla:rows:padfused \
-      --dtypes bfloat16 --shapes 0 1 --budget 120 --hlo-dump /tmp/gpu_dcn_work/hlo \
-      --output "$OUT/profile_dcn_gather.md" 2>&1 | grep "^|" | cut -c1-400
-    tar czf "$OUT/profile_dcn_hlo.tgz" -C /tmp/gpu_dcn_work hlo
-    ;;
   6)
     BENCH_DCN_XLA_OPTIONS= timeout 150 python3 benchmarks/training_step.py --presets dla34 \
       --dtypes mixed_bfloat16 --skip-render --augment-presets --steps 10 \
@@ -87,5 +80,12 @@ case $phase in
       --bf16-batches 32 --budget 290 --output "$OUT/deform_conv_xla.md" 2>&1 \
       | grep -vi warning | tail -12
     ;;
-  *) echo "unknown phase $phase (1, 2, 3, 4 or 5)" >&2; exit 2 ;;
+  7)
+    export XLA_FLAGS=--xla_gpu_enable_command_buffer=
+    timeout 150 python3 benchmarks/profile_dcn.py conv xla xla:rows xla:padfused xla:rows:padfused \
+      --dtypes bfloat16 --shapes 0 1 --budget 120 --hlo-dump /tmp/gpu_dcn_work/hlo \
+      --output "$OUT/profile_dcn_gather.md" 2>&1 | grep "^|" | cut -c1-400
+    tar czf "$OUT/profile_dcn_hlo.tgz" -C /tmp/gpu_dcn_work hlo
+    ;;
+  *) echo "unknown phase $phase (1 to 7)" >&2; exit 2 ;;
 esac

@@ -22,9 +22,9 @@ destination), and `lowscatter` (it is scattered in the input's dtype, bfloat16 u
 precision, as the reference's automatic gradient does, instead of float32),
 `pallasfwd` (the forward pass is the fused Pallas kernel of
 `deform_conv_jax.py`, which writes no column tensor; the backward is XLA's),
-`combos` and `shared` (the offset and mask gradients from three channel sums
-with mixes of the neighbours instead of four with the neighbours,
-`deform_conv_xla.SUMS_FORM`);
+`padfused` (the zero padding is left for XLA to fuse into every gather, with
+a bounds test per gathered element, instead of being written once,
+`deform_conv_xla.PAD_BARRIER`);
 options join with `:` (`xla:keep:lowscatter`).
 `conv` is the plain 3x3 convolution of the same shape.
 """

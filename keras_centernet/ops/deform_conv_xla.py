@@ -12,10 +12,12 @@ written by hand (`jax.custom_vjp`):
   windows on a GPU and one row gather per neighbour on a CPU (faster there),
   and mixed in float32 in the reference's order, so the columns are the
   reference's numbers;
-* the forward pass keeps only its inputs; the backward pass gathers the
-  neighbourhoods again (cheaper than storing them) for the kernel gradient and
-  for the four channel sums per sample that give the offset and mask
-  gradients, all in one pass over the column gradient;
+* the forward pass keeps only its inputs; the backward pass samples the
+  neighbourhoods again for the kernel gradient and for the four channel sums
+  per sample that give the offset and mask gradients, all in one pass over
+  the column gradient (within one compiled training step XLA shares the
+  column sampling of the forward and the backward, so keeping the columns,
+  `KEEP_COLUMNS`, measured the same);
 * the zero-padded input is written to memory once (an optimisation barrier),
   so that XLA does not fuse the padding, a bounds test per gathered element,
   into every gather (on an H100 the sampling and the channel sums took 45%
