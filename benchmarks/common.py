@@ -81,13 +81,15 @@ def set_dcn_xla_options(options):
     "sortrowscatter" (`SCATTER_FORM = "window"`, `"rows"`, `"sorted"`,
     `"sortedrows"`; else chosen by platform and channels), "lowscatter"
     (`SCATTER_DTYPE = "input"`), "pallasfwd" (`FORWARD = "pallas"`),
-    "padfused" (`PAD_BARRIER = False`); an empty list restores the defaults.
+    "padfused" (`PAD_BARRIER = False`), "termsbarrier" (`TERMS_BARRIER = True`),
+    "packed" (`PACKED_GATHER = True`); an empty list restores the defaults.
     """
     from keras_centernet.ops import deform_conv_xla
 
     scatters = {"winscatter": "window", "rowscatter": "rows", "sortscatter": "sorted",
                 "sortrowscatter": "sortedrows"}
-    known = {"keep", "rows", "window", "lowscatter", "pallasfwd", "padfused", *scatters}
+    known = {"keep", "rows", "window", "lowscatter", "pallasfwd", "padfused", "termsbarrier",
+             "packed", *scatters}
     unknown = set(options) - known
     if unknown:
         raise ValueError(f"unknown DCN options {sorted(unknown)}")
@@ -101,6 +103,8 @@ def set_dcn_xla_options(options):
     deform_conv_xla.SCATTER_DTYPE = "input" if "lowscatter" in options else None
     deform_conv_xla.FORWARD = "pallas" if "pallasfwd" in options else "xla"
     deform_conv_xla.PAD_BARRIER = "padfused" not in options
+    deform_conv_xla.TERMS_BARRIER = "termsbarrier" in options
+    deform_conv_xla.PACKED_GATHER = "packed" in options
 
 
 def base_case(key):

@@ -187,10 +187,11 @@ def _stage_cases(x, offsets, mask, kernel):
     flat_mask = mask.reshape(num_pixels, 9)
 
     def sample(x_rows, flat_offsets, flat_mask):
-        top_left, corners, _ = xla._sampling(flat_offsets, flat_mask, geom)
-        return xla._columns(x_rows, top_left, corners, kernel.dtype)
+        top_left, starts, corners, _ = xla._sampling(flat_offsets, flat_mask, geom)
+        return xla._columns(x_rows, top_left, starts, corners, kernel.dtype)
 
-    top_left, corners, _ = jax.jit(lambda o, m: xla._sampling(o, m, geom))(flat_offsets, flat_mask)
+    top_left, _, corners, _ = jax.jit(
+        lambda o, m: xla._sampling(o, m, geom))(flat_offsets, flat_mask)
     d_columns = jnp.ones((num_pixels, 9, cin), jnp.float32) + 0.0
     grid = xla.corner_grid(corners)
 

@@ -10,6 +10,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 5   # profile_dcn.py with HLO: xla, pallasfwd + DLA-34 bf16 steps
 #   bash benchmarks/gpu_dcn_calls.sh 6   # a DLA-34 bf16 step + deform_conv.py xla at batch 32
 #   bash benchmarks/gpu_dcn_calls.sh 7   # profile_dcn.py with HLO: the gather forms, padding fused or not
+#   bash benchmarks/gpu_dcn_calls.sh 8   # profile_dcn.py with HLO: sampling terms written first, packed gathers + steps
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -22,7 +23,7 @@
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1 to 7"}
+phase=${1:?"phase: 1 to 8"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -87,5 +88,17 @@ case $phase in
       --output "$OUT/profile_dcn_gather.md" 2>&1 | grep "^|" | cut -c1-400
     tar czf "$OUT/profile_dcn_hlo.tgz" -C /tmp/gpu_dcn_work hlo
     ;;
-  *) echo "unknown phase $phase (1 to 7)" >&2; exit 2 ;;
+  8)
+    export XLA_FLAGS=--xla_gpu_enable_command_buffer=
+    timeout 170 python3 benchmarks/profile_dcn.py conv xla xla:termsbarrier xla:packed \
+      xla:termsbarrier:packed --dtypes bfloat16 --shapes 0 1 --budget 140 \
+      --hlo-dump /tmp/gpu_dcn_work/hlo --output "$OUT/profile_dcn_terms.md" 2>&1 \
+      | grep "^|" | cut -c1-400
+    timeout 60 python3 benchmarks/profile_dcn.py conv xla xla:termsbarrier --dtypes float32 \
+      --shapes 0 --budget 40 --output "$OUT/profile_dcn_terms_fp32.md" 2>&1 | grep "^|" | cut -c1-400
+    tar czf "$OUT/profile_dcn_hlo.tgz" -C /tmp/gpu_dcn_work hlo
+    unset XLA_FLAGS
+    for options in "" termsbarrier termsbarrier,packed; do step "$options"; done
+    ;;
+  *) echo "unknown phase $phase (1 to 8)" >&2; exit 2 ;;
 esac

@@ -62,6 +62,14 @@ SCATTER_DTYPE = None
 # took 0.84 ms instead of 0.46 and the channel sums 0.92 instead of 0.51 at
 # 128x128x64, batch 32 (benchmarks/results/profile_dcn.md).
 PAD_BARRIER = True
+# Write every sample's terms (window start, corner weights) to memory before
+# the gathers (an optimisation barrier), instead of letting XLA recompute them
+# from the offsets and the mask for each gathered channel (benchmark option
+# `termsbarrier`).
+TERMS_BARRIER = False
+# Gather bfloat16 (or other 2-byte) inputs as pairs of channels packed into
+# uint32, half as many elements of twice the size (benchmark option `packed`).
+PACKED_GATHER = False
 # The forward pass: "xla" (gathers, then one matmul) or "pallas" (the fused
 # Pallas forward kernel of deform_conv_jax.py, which keeps no column tensor;
 # used where its shape rules hold: channels powers of two >= 16, output
@@ -177,11 +185,12 @@ def corner_weights(ly, lx, weight):
 
 
 def _sampling(offsets, mask, geom):
-    """Top-left rows (M, K), the four corner weights (each (M, K)) and the terms.
+    """Top-left rows (M, K), window starts (M, K, 2), the four corner weights (each (M, K)) and the terms.
 
     `top_left` indexes the zero-padded input flattened to
-    (B * (H + 2) * (W + 2), C); the corner weights (top-left, top-right,
-    bottom-left, bottom-right) include the mask.
+    (B * (H + 2) * (W + 2), C), `starts` the same neighbour in its
+    (B * (H + 2), W + 2, C) view (`_window_starts`); the corner weights
+    (top-left, top-right, bottom-left, bottom-right) include the mask.
     """
     num_points = geom.kh * geom.kw
     rows = jnp.arange(geom.m_pad, dtype=jnp.int32)[:, None]
@@ -189,7 +198,9 @@ def _sampling(offsets, mask, geom):
     top_left, ly, lx, weight, inside = geometry_terms(
         rows, points, offsets[:, 0::2], offsets[:, 1::2], mask, geom
     )
-    return top_left, corner_weights(ly, lx, weight), (ly, lx, weight, inside)
+    sampling = (top_left, _window_starts(top_left, geom.width + 2),
+                corner_weights(ly, lx, weight), (ly, lx, weight, inside))
+    return lax.optimization_barrier(sampling) if TERMS_BARRIER else sampling
 
 
 def _window_starts(top_left, padded_w):
@@ -237,6 +248,15 @@ def _scatter_rows(rows_shape, top_left, d_columns, grid, dtype=jnp.float32):
     return flat.reshape(rows_shape)
 
 
+def _rows_in_order(values, rows):
+    """`values[rows]`, rows in bounds by construction (a sort's order).
+
+    `jnp.take` would fill out-of-bounds rows, a bounds test per element of the
+    gathered (S, C) gradient.
+    """
+    return values.at[rows].get(mode="promise_in_bounds")
+
+
 def _sorted(keys):
     """`keys` in ascending order and the order that sorts them."""
     return lax.sort((keys, jnp.arange(keys.shape[0], dtype=jnp.int32)), num_keys=1)
@@ -250,8 +270,8 @@ def _scatter_sorted_windows(rows_shape, top_left, d_columns, grid, dtype=jnp.flo
     # products) in sorted order, as S samples of one kernel point each.
     return _scatter_windows(
         rows_shape, keys[:, None],
-        jnp.take(d_columns.reshape(-1, channels), order, axis=0)[:, None],
-        jnp.take(grid.reshape(-1, 2, 2), order, axis=0)[:, None],
+        _rows_in_order(d_columns.reshape(-1, channels), order)[:, None],
+        _rows_in_order(grid.reshape(-1, 2, 2), order)[:, None],
         dtype, indices_are_sorted=True,
     )
 
@@ -264,8 +284,8 @@ def _scatter_sorted_rows(rows_shape, top_left, d_columns, grid, dtype=jnp.float3
     keys, order = _sorted((top_left.reshape(-1, 1) + corner_shift).reshape(-1))
     # Row `n` of the four-neighbour list is sample `n // 4`'s neighbour `n % 4`.
     updates = (
-        jnp.take(d_columns.reshape(-1, channels), order // 4, axis=0)
-        * jnp.take(grid.reshape(-1), order, axis=0)[:, None]
+        _rows_in_order(d_columns.reshape(-1, channels), order // 4)
+        * _rows_in_order(grid.reshape(-1), order)[:, None]
     )
     flat = jnp.zeros((rows_shape[0] * padded_w, channels), dtype).at[keys].add(
         updates.astype(dtype), indices_are_sorted=True, mode="promise_in_bounds"
@@ -316,20 +336,41 @@ def _gather_form():
     return "rows" if jax.default_backend() == "cpu" else "window"
 
 
-def _neighbours(x_rows, top_left):
+def _packable(x_rows):
+    """Whether `PACKED_GATHER` applies: 2-byte values and an even number of channels."""
+    return PACKED_GATHER and x_rows.dtype.itemsize == 2 and x_rows.shape[-1] % 2 == 0
+
+
+def _gather_windows(x_rows, starts):
+    """The (M, K, 2, 2, C) windows of `x_rows` at `starts` (M, K, 2)."""
+    rows, cols, channels = x_rows.shape
+    if not _packable(x_rows):
+        return lax.gather(
+            x_rows, starts, _WINDOW_GATHER, slice_sizes=(2, 2, channels),
+            mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+        )
+    # Channel pairs as one uint32 (the bitcast is exact both ways).
+    packed = lax.bitcast_convert_type(
+        x_rows.reshape(rows, cols, channels // 2, 2), jnp.uint32)
+    window = lax.gather(
+        packed, starts, _WINDOW_GATHER, slice_sizes=(2, 2, channels // 2),
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+    return lax.bitcast_convert_type(window, x_rows.dtype).reshape(
+        *window.shape[:-1], channels)
+
+
+def _neighbours(x_rows, top_left, starts):
     """The four neighbours (top-left, top-right, bottom-left, bottom-right), each (M, K, C).
 
     `x_rows` is the zero-padded input viewed as (B * (H + 2), W + 2, C), in
-    its own dtype; `top_left` the flat row of every top-left neighbour.
+    its own dtype; `top_left` the flat row of every top-left neighbour and
+    `starts` its (row, column) in `x_rows` (`_window_starts`).
     """
     channels = x_rows.shape[-1]
     padded_w = x_rows.shape[1]
     if _gather_form() == "window":
-        window = lax.gather(
-            x_rows, _window_starts(top_left, padded_w), _WINDOW_GATHER,
-            slice_sizes=(2, 2, channels),
-            mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
-        )
+        window = _gather_windows(x_rows, starts)
         return [window[:, :, i, j] for i in (0, 1) for j in (0, 1)]
     flat = x_rows.reshape(-1, channels)
     return [
@@ -338,12 +379,12 @@ def _neighbours(x_rows, top_left):
     ]
 
 
-def _columns(x_rows, top_left, corners, compute_dtype):
+def _columns(x_rows, top_left, starts, corners, compute_dtype):
     """The (M, K * C) sampled columns, mixed in float32, in `compute_dtype`."""
     columns = None
     # The reference's order of float32 sums (top-left first), so that the
     # columns are the same numbers.
-    for value, corner in zip(_neighbours(x_rows, top_left), corners):
+    for value, corner in zip(_neighbours(x_rows, top_left, starts), corners):
         term = value.astype(jnp.float32) * corner[..., None]
         columns = term if columns is None else columns + term
     return columns.astype(compute_dtype).reshape(columns.shape[0], -1)
@@ -377,8 +418,8 @@ def _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
     out = _pallas_forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns)
     if out is not None:
         return out, None
-    top_left, corners, _ = _sampling(offsets, mask, geom)
-    columns = _columns(x_rows, top_left, corners, kernel_matrix.dtype)
+    top_left, starts, corners, _ = _sampling(offsets, mask, geom)
+    columns = _columns(x_rows, top_left, starts, corners, kernel_matrix.dtype)
     return jnp.matmul(columns, kernel_matrix), columns
 
 
@@ -397,16 +438,16 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
     x_rows, offsets, mask, kernel_matrix, columns = residuals
     num_points = geom.kh * geom.kw
     cin = x_rows.shape[-1]
-    top_left, corners, terms = _sampling(offsets, mask, geom)
+    top_left, starts, corners, terms = _sampling(offsets, mask, geom)
     g = g.astype(kernel_matrix.dtype)
     if columns is None:
-        columns = _columns(x_rows, top_left, corners, kernel_matrix.dtype)
+        columns = _columns(x_rows, top_left, starts, corners, kernel_matrix.dtype)
     d_kernel = jnp.matmul(columns.T, g)
     d_columns = jnp.matmul(g, kernel_matrix.T).reshape(geom.m_pad, num_points, cin)
     d_columns = d_columns.astype(jnp.float32)
     sums = jnp.stack(
         [jnp.sum(d_columns * value.astype(jnp.float32), axis=-1)
-         for value in _neighbours(x_rows, top_left)],
+         for value in _neighbours(x_rows, top_left, starts)],
         axis=-1,
     )
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)

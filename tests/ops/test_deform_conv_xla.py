@@ -33,20 +33,23 @@ def xla():
 
 
 @pytest.mark.parametrize(
-    "keep_columns, gather_form, scatter_form, pad_barrier",
+    "keep_columns, gather_form, scatter_form, pad_barrier, terms_barrier",
     # The CPU's row gathers and the GPU's window gathers both run here.
-    [(False, "rows", "window", True), (True, "rows", "window", True),
-     (False, "window", "window", True), (True, "window", "window", True),
-     (False, "rows", "rows", True), (False, "rows", "sorted", True),
-     (False, "rows", "sortedrows", True), (False, "window", "sorted", False)],
+    [(False, "rows", "window", True, False), (True, "rows", "window", True, False),
+     (False, "window", "window", True, False), (True, "window", "window", True, False),
+     (False, "rows", "rows", True, False), (False, "rows", "sorted", True, False),
+     (False, "rows", "sortedrows", True, False), (False, "window", "sorted", False, False),
+     (False, "window", "sorted", True, True)],
 )
 @pytest.mark.parametrize("case", ["A", "B", "C", "D"])
 def test_forward_and_gradients_match_official(
-    fixture_path, xla, monkeypatch, case, keep_columns, gather_form, scatter_form, pad_barrier
+    fixture_path, xla, monkeypatch, case, keep_columns, gather_form, scatter_form, pad_barrier,
+    terms_barrier,
 ):
     monkeypatch.setattr(xla, "GATHER_FORM", gather_form)
     monkeypatch.setattr(xla, "SCATTER_FORM", scatter_form)
     monkeypatch.setattr(xla, "PAD_BARRIER", pad_barrier)
+    monkeypatch.setattr(xla, "TERMS_BARRIER", terms_barrier)
     c = load_case(fixture_path, case)
 
     def fn(x, offsets, mask, kernel, bias):
@@ -274,3 +277,68 @@ def test_window_starts_are_floor_division_and_remainder(xla):
     starts = np.asarray(xla._window_starts(jnp.asarray(rows), 130))
     np.testing.assert_array_equal(starts[..., 0], rows // 130)
     np.testing.assert_array_equal(starts[..., 1], rows % 130)
+
+
+@pytest.mark.parametrize("terms_barrier", [True, False])
+def test_sampling_terms_are_written_before_the_gathers(rng, xla, monkeypatch, terms_barrier):
+    # With TERMS_BARRIER each sample's top-left row, window start and corner
+    # weights (and the terms of the offset and mask gradients) pass an
+    # optimisation barrier, in the forward and in the backward, so that XLA
+    # does not recompute them for every gathered channel.
+    import jax
+    import jax.numpy as jnp
+
+    monkeypatch.setattr(xla, "TERMS_BARRIER", terms_barrier)
+    x, offsets, mask, kernel, _ = _random_inputs(rng, 2, 6, 5, 4, 4, 6, 5)
+
+    def loss(offsets):
+        return jnp.sum(xla.deform_conv2d(x, offsets, mask, kernel) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(offsets)
+    barriers = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "optimization_barrier"]
+    samples = (2 * 6 * 5, 9)
+    # The padded input's barrier (PAD_BARRIER; no transpose: x is not
+    # differentiated here), then in the forward and in the backward pass:
+    # top_left, window starts, 4 corner weights, ly, lx, weight, inside.
+    terms = [samples, samples + (2,)] + [samples] * 8
+    shapes = [[v.aval.shape for v in eqn.outvars] for eqn in barriers]
+    assert shapes == [[(2 * 8, 7, 4)]] + ([terms, terms] if terms_barrier else [])
+
+
+def test_packed_gather_gives_the_same_windows(rng, xla, monkeypatch):
+    # PACKED_GATHER: bfloat16 channel pairs gathered as one uint32 each; the
+    # windows are bit for bit those of the plain gather.
+    import jax.numpy as jnp
+
+    x_rows = jnp.asarray(rng.normal(size=(14, 9, 6)), jnp.bfloat16)
+    starts = jnp.asarray(np.stack([rng.integers(0, 13, (5, 3)), rng.integers(0, 8, (5, 3))],
+                                  axis=-1), jnp.int32)
+    plain = np.asarray(xla._gather_windows(x_rows, starts).astype(jnp.float32))
+    monkeypatch.setattr(xla, "PACKED_GATHER", True)
+    assert xla._packable(x_rows)
+    packed = np.asarray(xla._gather_windows(x_rows, starts).astype(jnp.float32))
+    np.testing.assert_array_equal(packed, plain)
+    # By hand: window (0, 0) of sample (1, 2) is x_rows[row, col].
+    row, col = np.asarray(starts[1, 2])
+    np.testing.assert_array_equal(
+        packed[1, 2, 1, 0], np.asarray(x_rows[row + 1, col].astype(jnp.float32)))
+    # float32 and odd channel counts are gathered unpacked.
+    assert not xla._packable(x_rows.astype(jnp.float32))
+    assert not xla._packable(x_rows[..., :5])
+
+
+def test_packed_gather_keeps_bfloat16_values_and_gradients(rng, xla, monkeypatch):
+    import jax.numpy as jnp
+
+    monkeypatch.setattr(xla, "GATHER_FORM", "window")
+    x, offsets, mask, kernel, bias = _random_inputs(rng, 2, 8, 8, 16, 16, 8, 8)
+    args = (jnp.asarray(x, jnp.bfloat16), offsets, mask, jnp.asarray(kernel, jnp.bfloat16),
+            jnp.asarray(bias, jnp.bfloat16))
+    g = rng.normal(size=(2, 8, 8, 16)).astype("float32")
+    plain_out, plain_grads = _value_and_grads(xla.deform_conv2d, args, g)
+    monkeypatch.setattr(xla, "PACKED_GATHER", True)
+    out, grads = _value_and_grads(xla.deform_conv2d, args, g)
+    np.testing.assert_array_equal(np.asarray(out, "float32"), np.asarray(plain_out, "float32"))
+    for name, a, b in zip(GRADIENT_NAMES, grads, plain_grads):
+        np.testing.assert_allclose(np.asarray(a, "float32"), np.asarray(b, "float32"),
+                                   rtol=0, atol=0, err_msg=name)
