@@ -16,7 +16,8 @@
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
 # without augmentation, phase 3 for xla at batch 32 (all three under the
 # earlier `sum(y)` loss, profile_dcn.md section 6); then 5, 7 and 6 with the
-# loss that needs the forward. Still to run: 2 and 3 whole.
+# loss that needs the forward. Still to run: 8 (written 2026-12-06, not yet run: no device
+# time was left), then 2 and 3 whole with whatever 8 makes the default.
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only

@@ -24,7 +24,9 @@ precision, as the reference's automatic gradient does, instead of float32),
 `deform_conv_jax.py`, which writes no column tensor; the backward is XLA's),
 `padfused` (the zero padding is left for XLA to fuse into every gather, with
 a bounds test per gathered element, instead of being written once,
-`deform_conv_xla.PAD_BARRIER`);
+`deform_conv_xla.PAD_BARRIER`), `termsbarrier` (each sample's window start and
+corner weights written before the gathers, `TERMS_BARRIER`) and `packed`
+(bfloat16 channel pairs gathered as one uint32, `PACKED_GATHER`);
 options join with `:` (`xla:keep:lowscatter`).
 `conv` is the plain 3x3 convolution of the same shape.
 """
