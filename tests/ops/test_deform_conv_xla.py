@@ -246,28 +246,35 @@ def test_default_scatter_form_by_platform_and_channels(xla, monkeypatch, backend
     assert xla._scatter_form(channels) == "rows"
 
 
+def _barrier_shapes(xla, rng, wrt):
+    """Output shapes of each optimisation barrier in the value and gradient of a
+    (2, 6, 5, 4) -> 4 channel DCN's squared sum, differentiated w.r.t. `wrt`
+    ("x" or "offsets")."""
+    import jax
+    import jax.numpy as jnp
+
+    x, offsets, mask, kernel, _ = _random_inputs(rng, 2, 6, 5, 4, 4, 6, 5)
+    args = {"x": x, "offsets": offsets}
+
+    def loss(value):
+        kwargs = {**args, wrt: value}
+        return jnp.sum(xla.deform_conv2d(mask=mask, kernel=kernel, **kwargs) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(args[wrt])
+    return [[v.aval.shape for v in eqn.outvars] for eqn in jaxpr.jaxpr.eqns
+            if eqn.primitive.name == "optimization_barrier"]
+
+
 @pytest.mark.parametrize("pad_barrier", [True, False])
 def test_padded_input_is_written_before_the_gathers(rng, xla, monkeypatch, pad_barrier):
     # With PAD_BARRIER the zero-padded (B * (H + 2), W + 2, C) input passes an
     # optimisation barrier, so that XLA writes it once instead of fusing the
     # padding (a bounds test per element) into every gather; the values are
     # those of the official fixtures either way (test above).
-    import jax
-    import jax.numpy as jnp
-
     monkeypatch.setattr(xla, "PAD_BARRIER", pad_barrier)
-    x, offsets, mask, kernel, _ = _random_inputs(rng, 2, 6, 5, 4, 4, 6, 5)
-
-    def loss(x):
-        return jnp.sum(xla.deform_conv2d(x, offsets, mask, kernel) ** 2)
-
-    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(x)
-    barriers = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "optimization_barrier"]
-    if pad_barrier:
-        # The forward's barrier, and its transpose on the input gradient.
-        assert [eqn.outvars[0].aval.shape for eqn in barriers] == [(2 * 8, 7, 4)] * 2
-    else:
-        assert barriers == []
+    shapes = _barrier_shapes(xla, rng, "x")
+    # The forward's barrier, and its transpose on the input gradient.
+    assert shapes == ([[(2 * 8, 7, 4)]] * 2 if pad_barrier else [])
 
 
 def test_window_starts_are_floor_division_and_remainder(xla):
@@ -285,23 +292,13 @@ def test_sampling_terms_are_written_before_the_gathers(rng, xla, monkeypatch, te
     # weights (and the terms of the offset and mask gradients) pass an
     # optimisation barrier, in the forward and in the backward, so that XLA
     # does not recompute them for every gathered channel.
-    import jax
-    import jax.numpy as jnp
-
     monkeypatch.setattr(xla, "TERMS_BARRIER", terms_barrier)
-    x, offsets, mask, kernel, _ = _random_inputs(rng, 2, 6, 5, 4, 4, 6, 5)
-
-    def loss(offsets):
-        return jnp.sum(xla.deform_conv2d(x, offsets, mask, kernel) ** 2)
-
-    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(offsets)
-    barriers = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "optimization_barrier"]
+    shapes = _barrier_shapes(xla, rng, "offsets")
     samples = (2 * 6 * 5, 9)
     # The padded input's barrier (PAD_BARRIER; no transpose: x is not
     # differentiated here), then in the forward and in the backward pass:
     # top_left, window starts, 4 corner weights, ly, lx, weight, inside.
     terms = [samples, samples + (2,)] + [samples] * 8
-    shapes = [[v.aval.shape for v in eqn.outvars] for eqn in barriers]
     assert shapes == [[(2 * 8, 7, 4)]] + ([terms, terms] if terms_barrier else [])
 
 
