@@ -10,7 +10,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 5   # profile_dcn.py with HLO: xla, pallasfwd + DLA-34 bf16 steps
 #   bash benchmarks/gpu_dcn_calls.sh 6   # a DLA-34 bf16 step + deform_conv.py xla at batch 32
 #   bash benchmarks/gpu_dcn_calls.sh 7   # profile_dcn.py with HLO: the gather forms, padding fused or not
-#   bash benchmarks/gpu_dcn_calls.sh 8   # profile_dcn.py with HLO: sampling terms written first, packed gathers + steps
+#   bash benchmarks/gpu_dcn_calls.sh 8   # profile_dcn.py with HLO: sampling terms written first (and kept), packed gathers + DLA-34 steps
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -91,8 +91,8 @@ case $phase in
     ;;
   8)
     export XLA_FLAGS=--xla_gpu_enable_command_buffer=
-    timeout 170 python3 benchmarks/profile_dcn.py conv xla xla:termsbarrier xla:packed \
-      xla:termsbarrier:packed --dtypes bfloat16 --shapes 0 1 --budget 140 \
+    timeout 190 python3 benchmarks/profile_dcn.py conv xla xla:termsbarrier xla:termsbarrier:keep xla:packed \
+      xla:termsbarrier:packed --dtypes bfloat16 --shapes 0 1 --budget 160 \
       --hlo-dump /tmp/gpu_dcn_work/hlo --output "$OUT/profile_dcn_terms.md" 2>&1 \
       | grep "^|" | cut -c1-400
     timeout 60 python3 benchmarks/profile_dcn.py conv xla xla:termsbarrier --dtypes float32 \
