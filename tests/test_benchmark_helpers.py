@@ -81,3 +81,41 @@ def test_timed_dcn_loss_needs_the_forward_output():
     np.testing.assert_allclose(grad, weights * y)
     drawn = deform_conv.make_loss_weights(np.random.default_rng(0), 2, 4, 3)
     assert drawn.shape == (2, 4, 4, 3) and drawn.dtype == np.float32
+
+
+@pytest.mark.jax
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax",
+                    reason="the XLA deformable convolution is JAX's")
+def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
+    # profile_dcn.py and training_step.py label their rows with these option
+    # names: each must set the module attribute it names, and [] must give
+    # back the defaults, or the next variant would run with the last one's.
+    from keras_centernet.ops import deform_conv_xla as xla
+
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import common
+    finally:
+        sys.path.remove(BENCHMARKS)
+    names = ["KEEP_COLUMNS", "GATHER_FORM", "SCATTER_FORM", "SCATTER_DTYPE", "FORWARD",
+             "PAD_BARRIER", "TERMS_BARRIER", "PACKED_GATHER"]
+    defaults = {name: getattr(xla, name) for name in names}
+    expected = {
+        "keep": ("KEEP_COLUMNS", True), "rows": ("GATHER_FORM", "rows"),
+        "sortscatter": ("SCATTER_FORM", "sorted"), "lowscatter": ("SCATTER_DTYPE", "input"),
+        "pallasfwd": ("FORWARD", "pallas"), "padfused": ("PAD_BARRIER", False),
+        "termsbarrier": ("TERMS_BARRIER", True), "packed": ("PACKED_GATHER", True),
+    }
+    try:
+        for option, (name, value) in expected.items():
+            common.set_dcn_xla_options([option])
+            assert getattr(xla, name) == value, option
+            assert all(getattr(xla, other) == defaults[other] for other in names
+                       if other != name), option
+            common.set_dcn_xla_options([])
+            assert {n: getattr(xla, n) for n in names} == defaults
+        with pytest.raises(ValueError, match="unknown DCN options"):
+            common.set_dcn_xla_options(["nosuch"])
+    finally:
+        for name, value in defaults.items():
+            setattr(xla, name, value)
