@@ -1,5 +1,6 @@
 """The benchmarks' bookkeeping helpers, whose mistakes would mislabel measured figures."""
 
+import importlib
 import os
 import sys
 
@@ -8,16 +9,25 @@ import pytest
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
-@pytest.fixture(scope="module")
-def benchmarks():
+def jax_only(test):
+    """Marks a test of the DCN benchmarks, which time the XLA deformable convolution (JAX's)."""
+    skip = pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax",
+                              reason="the DCN benchmarks time the JAX backend")
+    return pytest.mark.jax(skip(test))
+
+
+def _benchmark(name):
+    """The module `benchmarks/<name>.py` (the folder is not a package)."""
     sys.path.insert(0, BENCHMARKS)
     try:
-        import profile_step
-        import training_step
-
-        yield profile_step, training_step
+        return importlib.import_module(name)
     finally:
         sys.path.remove(BENCHMARKS)
+
+
+@pytest.fixture(scope="module")
+def benchmarks():
+    return _benchmark("profile_step"), _benchmark("training_step")
 
 
 @pytest.mark.parametrize(
@@ -58,9 +68,7 @@ def test_merged_key_keeps_measurements_from_elsewhere(benchmarks):
     assert training_step.merged_key(results, tagged, h100) == tagged
 
 
-@pytest.mark.jax
-@pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax",
-                    reason="the DCN benchmarks time the JAX backend")
+@jax_only
 def test_timed_dcn_loss_needs_the_forward_output():
     # deform_conv.py and profile_dcn.py time value_and_grad of this loss. Its
     # output gradient must depend on the output y (here c * y, by hand), or
@@ -69,11 +77,7 @@ def test_timed_dcn_loss_needs_the_forward_output():
     import jax
     import numpy as np
 
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        import deform_conv
-    finally:
-        sys.path.remove(BENCHMARKS)
+    deform_conv = _benchmark("deform_conv")
     y = np.array([[1.0, -2.0], [0.5, 3.0]], "float32")
     weights = np.array([[2.0, 1.0], [-1.0, 0.5]], "float32")
     value, grad = jax.value_and_grad(deform_conv.weighted_square)(y, weights)
@@ -83,20 +87,14 @@ def test_timed_dcn_loss_needs_the_forward_output():
     assert drawn.shape == (2, 4, 4, 3) and drawn.dtype == np.float32
 
 
-@pytest.mark.jax
-@pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax",
-                    reason="the XLA deformable convolution is JAX's")
+@jax_only
 def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
     # profile_dcn.py and training_step.py label their rows with these option
     # names: each must set the module attribute it names, and [] must give
     # back the defaults, or the next variant would run with the last one's.
     from keras_centernet.ops import deform_conv_xla as xla
 
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        import common
-    finally:
-        sys.path.remove(BENCHMARKS)
+    common = _benchmark("common")
     names = ["KEEP_COLUMNS", "GATHER_FORM", "SCATTER_FORM", "SCATTER_DTYPE", "FORWARD",
              "PAD_BARRIER", "TERMS_BARRIER", "PACKED_GATHER"]
     defaults = {name: getattr(xla, name) for name in names}

@@ -305,6 +305,7 @@ def test_sampling_terms_are_written_before_the_gathers(rng, xla, monkeypatch, te
 def test_packed_gather_gives_the_same_windows(rng, xla, monkeypatch):
     # PACKED_GATHER: bfloat16 channel pairs gathered as one uint32 each; the
     # windows are bit for bit those of the plain gather.
+    import jax
     import jax.numpy as jnp
 
     x_rows = jnp.asarray(rng.normal(size=(14, 9, 6)), jnp.bfloat16)
@@ -315,7 +316,12 @@ def test_packed_gather_gives_the_same_windows(rng, xla, monkeypatch):
     assert xla._packable(x_rows)
     packed = np.asarray(xla._gather_windows(x_rows, starts).astype(jnp.float32))
     np.testing.assert_array_equal(packed, plain)
-    # By hand: window (0, 0) of sample (1, 2) is x_rows[row, col].
+    # The gather itself reads (14, 9, 3) uint32 pairs, not the bf16 values.
+    gathers = [eqn for eqn in jax.make_jaxpr(xla._gather_windows)(x_rows, starts).jaxpr.eqns
+               if eqn.primitive.name == "gather"]
+    assert [(e.invars[0].aval.dtype, e.invars[0].aval.shape) for e in gathers] == [
+        (jnp.uint32, (14, 9, 3))]
+    # By hand: neighbour (1, 0) of sample (1, 2) is x_rows[row + 1, col].
     row, col = np.asarray(starts[1, 2])
     np.testing.assert_array_equal(
         packed[1, 2, 1, 0], np.asarray(x_rows[row + 1, col].astype(jnp.float32)))
@@ -337,5 +343,5 @@ def test_packed_gather_keeps_bfloat16_values_and_gradients(rng, xla, monkeypatch
     out, grads = _value_and_grads(xla.deform_conv2d, args, g)
     np.testing.assert_array_equal(np.asarray(out, "float32"), np.asarray(plain_out, "float32"))
     for name, a, b in zip(GRADIENT_NAMES, grads, plain_grads):
-        np.testing.assert_allclose(np.asarray(a, "float32"), np.asarray(b, "float32"),
-                                   rtol=0, atol=0, err_msg=name)
+        np.testing.assert_array_equal(np.asarray(a, "float32"), np.asarray(b, "float32"),
+                                      err_msg=name)
