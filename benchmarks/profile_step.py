@@ -24,7 +24,9 @@ put in one class by its kernel and HLO names:
 - `copy / transpose`, `scatter` and `other`.
 
 Variants (benchmark-only, to measure a change before it goes into the model):
-`onepass_bn` computes the BatchNorm statistics of training as the mean of
+`separate_heads` runs each prediction head's two convolutions alone, as
+before `layers.prediction_head.apply_heads` fused the heads of a map into
+two convolutions. `onepass_bn` computes the BatchNorm statistics of training as the mean of
 `x` and of `x*x` in one pass (variance `E[x^2] - E[x]^2`) instead of Keras'
 `mean` then `var` (two passes over the activations). `dcn=<options>` sets the
 XLA deformable convolution's benchmark options (`common.set_dcn_xla_options`,
@@ -101,6 +103,13 @@ def onepass_batchnorm():
     keras.layers.BatchNormalization._moments = moments
 
 
+def separate_heads():
+    """Patches CenterNet to run each prediction head alone (before `apply_heads` fused them)."""
+    from keras_centernet.models import centernet
+
+    centernet.apply_heads = lambda heads, features: {name: head(features) for name, head in heads.items()}
+
+
 def kernel_events(trace_dir):
     """(kernel name, HLO op, duration ns) of every GPU kernel in the trace under `trace_dir`."""
     from jax.profiler import ProfileData
@@ -152,6 +161,8 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
 
     if variant == "onepass_bn":
         onepass_batchnorm()
+    elif variant == "separate_heads":
+        separate_heads()
     elif variant.startswith("dcn="):
         common.set_dcn_xla_options([o for o in variant[4:].split(",") if o])
     elif variant:

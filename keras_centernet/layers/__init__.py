@@ -13,6 +13,7 @@ from keras_centernet.layers.pose_decoder import decode_poses
 from keras_centernet.layers.triplet_decoder import decode_triplets
 from keras_centernet.layers.depthwise_conv2d_transpose import DepthwiseConv2DTranspose
 from keras_centernet.layers.prediction_head import PredictionHead
+from keras_centernet.layers.prediction_head import apply_heads
 from keras_centernet.layers.preprocessing import ImageNormalization
 from keras_centernet.layers.soft_nms import SoftNMS
 from keras_centernet.layers.soft_nms import soft_nms
@@ -30,6 +31,7 @@ __all__ = [
     "ImageNormalization",
     "PredictionHead",
     "SoftNMS",
+    "apply_heads",
     "decode_3d_detections",
     "decode_detections",
     "decode_ltrb_detections",
