@@ -6,7 +6,7 @@ held down by its deformable convolutions). This script answers from the
 device's own kernel timings instead of guesses:
 
     KERAS_BACKEND=jax python benchmarks/profile_step.py hourglass104:float32 \\
-        hourglass104:float32:onepass_bn --output $OUT/profile_step.md
+        hourglass104:float32:twopass_bn --output $OUT/profile_step.md
 
 A case is `preset:dtype[:variant]`. Each runs in its own worker process: the
 model is compiled as in `training_step.py` (512 px, batch 32, 128 objects,
@@ -23,14 +23,14 @@ put in one class by its kernel and HLO names:
   optimizer update, gathers of the deformable convolution);
 - `copy / transpose`, `scatter` and `other`.
 
-Variants (benchmark-only, to measure a change before it goes into the model):
-`separate_heads` runs each prediction head's two convolutions alone, as
-before `layers.prediction_head.apply_heads` fused the heads of a map into
-two convolutions. `onepass_bn` computes the BatchNorm statistics of training as the mean of
-`x` and of `x*x` in one pass (variance `E[x^2] - E[x]^2`) instead of Keras'
-`mean` then `var` (two passes over the activations). `dcn=<options>` sets the
-XLA deformable convolution's benchmark options (`common.set_dcn_xla_options`,
-comma-separated, e.g. `dla34:mixed_bfloat16:dcn=sortscatter`).
+Variants (benchmark-only, to measure a change against what went before):
+`twopass_bn` gives the official architectures' BatchNorm back Keras' training
+statistics (`mean`, then `var`: two passes over the activations) instead of
+`OnePassBatchNormalization`'s one (the mean and mean square of `x - shift`;
+`onepass_bn` measured it before it became the default, 2026-12-07).
+`dcn=<options>` sets the XLA deformable convolution's benchmark options
+(`common.set_dcn_xla_options`, comma-separated, e.g.
+`dla34:mixed_bfloat16:dcn=sortscatter`).
 
 The table gives, per case, the step time, the share of each class and the
 heaviest HLO operations.
@@ -84,30 +84,13 @@ def kernel_class(kernel, hlo_op):
     return "other"
 
 
-def onepass_batchnorm():
-    """Patches Keras' BatchNormalization to take its training statistics in one pass."""
+def twopass_batchnorm():
+    """Patches the official layers' BatchNorm back to Keras' two-pass training statistics."""
     import keras
-    from keras import ops
 
-    def moments(self, inputs, mask):
-        if mask is not None:
-            return original(self, inputs, mask)
-        axes = [i for i in range(len(inputs.shape)) if i != self.axis % len(inputs.shape)]
-        x = ops.cast(inputs, "float32")
-        mean = ops.mean(x, axis=axes)
-        mean_square = ops.mean(ops.square(x), axis=axes)
-        variance = ops.maximum(mean_square - ops.square(mean), 0.0)
-        return ops.cast(mean, inputs.dtype), ops.cast(variance, inputs.dtype)
+    from keras_centernet.layers import OnePassBatchNormalization
 
-    original = keras.layers.BatchNormalization._moments
-    keras.layers.BatchNormalization._moments = moments
-
-
-def separate_heads():
-    """Patches CenterNet to run each prediction head alone (before `apply_heads` fused them)."""
-    from keras_centernet.models import centernet
-
-    centernet.apply_heads = lambda heads, features: {name: head(features) for name, head in heads.items()}
+    OnePassBatchNormalization._moments = keras.layers.BatchNormalization._moments
 
 
 def kernel_events(trace_dir):
@@ -159,10 +142,8 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
 
     import keras_centernet as kc
 
-    if variant == "onepass_bn":
-        onepass_batchnorm()
-    elif variant == "separate_heads":
-        separate_heads()
+    if variant == "twopass_bn":
+        twopass_batchnorm()
     elif variant.startswith("dcn="):
         common.set_dcn_xla_options([o for o in variant[4:].split(",") if o])
     elif variant:

@@ -9,6 +9,7 @@ every layer named `official_name(<module path>)` so that
 import keras
 
 from keras_centernet.convert.official import official_name
+from keras_centernet.layers.batch_normalization import OnePassBatchNormalization
 
 # PyTorch BatchNorm2d: eps 1e-5; momentum 0.1 there is 0.9 here.
 BN_EPSILON = 1e-5
@@ -16,8 +17,11 @@ BN_MOMENTUM = 0.9
 
 
 def batch_normalization(path, dtype=None):
-    """A `BatchNormalization` layer with PyTorch's settings, named after official `path`."""
-    return keras.layers.BatchNormalization(
+    """A `BatchNormalization` layer with PyTorch's settings, named after official `path`.
+
+    `OnePassBatchNormalization`: Keras' layer with its training statistics read in one pass.
+    """
+    return OnePassBatchNormalization(
         epsilon=BN_EPSILON, momentum=BN_MOMENTUM, dtype=dtype, name=official_name(path)
     )
 

@@ -7,7 +7,6 @@ from keras_centernet.layers.decoder import decode_detections
 from keras_centernet.layers.decoder import decode_ltrb_detections
 from keras_centernet.layers.prediction_head import HEATMAP_PRIOR_BIAS
 from keras_centernet.layers.prediction_head import PredictionHead
-from keras_centernet.layers.prediction_head import apply_heads
 from keras_centernet.layers.preprocessing import ImageNormalization
 from keras_centernet.layers.soft_nms import soft_nms
 from keras_centernet.losses.focal import CLAMP_GRADIENTS
@@ -327,11 +326,6 @@ class CenterNet(keras.Model):
         """Raw head outputs of every stack (or only the last), as a list of dicts."""
         maps = self.stride4_maps(images, training=training)
         stacks = range(self.num_stacks) if all_stacks else [self.num_stacks - 1]
-        if training:
-            # Fused for training, where one input gradient for all heads pays. Inference
-            # keeps one convolution per head: it is what exports quantise (an int8
-            # TFLite converter takes a kernel built from weights for an activation).
-            return [apply_heads(self.stack_heads(s), maps[s]) for s in stacks]
         return [
             {name: head(maps[s]) for name, head in self.stack_heads(s).items()}
             for s in stacks

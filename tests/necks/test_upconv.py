@@ -12,6 +12,7 @@ import pytest
 
 from keras_centernet.convert.official import load_official_weights
 from keras_centernet.convert.official import official_name
+from keras_centernet.layers.batch_normalization import OnePassBatchNormalization
 from keras_centernet.layers.deformable_conv2d import DeformableConv2D
 from keras_centernet.necks.upconv import OfficialUpsamplingInitializer
 from keras_centernet.necks.upconv import UpConvNeck
@@ -107,8 +108,8 @@ class TestUpConvNeckStructure(TestCase):
         neck = UpConvNeck()
         neck.build([(None, 4, 4, 512)])
         layers = [layer for stage in neck.stages for layer in stage]
-        kinds = [DeformableConv2D, keras.layers.BatchNormalization, keras.layers.ReLU,
-                 keras.layers.Conv2DTranspose, keras.layers.BatchNormalization, keras.layers.ReLU] * 3
+        kinds = [DeformableConv2D, OnePassBatchNormalization, keras.layers.ReLU,
+                 keras.layers.Conv2DTranspose, OnePassBatchNormalization, keras.layers.ReLU] * 3
         assert [type(layer) for layer in layers] == kinds
         assert [layer.name for layer in layers] == [official_name(f"deconv_layers.{i}") for i in range(18)]
         # resnet_dcn: DCN Cin -> C then ConvTranspose C -> C, C = 256, 128, 64.
