@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 6   # a DLA-34 bf16 step + deform_conv.py xla at batch 32
 #   bash benchmarks/gpu_dcn_calls.sh 7   # profile_dcn.py with HLO: the gather forms, padding fused or not
 #   bash benchmarks/gpu_dcn_calls.sh 8   # profile_dcn.py with HLO: sampling terms written first (and kept), packed gathers + DLA-34 steps
-#   bash benchmarks/gpu_dcn_calls.sh 9   # hourglass104 bf16 training step on an H100 (one-pass BatchNorm, padded stem) + the step without the padding
+#   bash benchmarks/gpu_dcn_calls.sh 9   # hourglass104 bf16 training step on an H100 (one-pass BatchNorm)
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -103,14 +103,12 @@ case $phase in
     for options in "" termsbarrier termsbarrier,packed; do step "$options"; done
     ;;
   9)
-    # hourglass104 bf16 training on an H100 with OnePassBatchNormalization and the image stem
-    # padded to 8 channels (ChannelPaddedConv2D), then the step without the stem padding.
-    timeout 150 python3 benchmarks/training_step.py --presets hourglass104 \
-      --dtypes mixed_bfloat16 --augment-presets --skip-render --case-timeout 140 --budget 145 \
-      --output /tmp/gpu_dcn_work/training_step_bn.md 2>&1 | grep -E "^hourglass|Error" | cut -c1-600
+    # hourglass104 bf16 training with OnePassBatchNormalization, on an H100
+    # (the official figures are an H100's; hourglass104 met 2x the official bf16 only on an H200).
+    timeout 230 python3 benchmarks/training_step.py --presets hourglass104 \
+      --dtypes mixed_bfloat16 --augment-presets --skip-render --case-timeout 200 --budget 220 \
+      --output /tmp/gpu_dcn_work/training_step_bn.md 2>&1 | grep -E "^(hourglass|dla)|Error" | cut -c1-600
     cp /tmp/gpu_dcn_work/training_step_bn.md /tmp/gpu_dcn_work/training_step_bn.json "$OUT/"
-    timeout 115 python3 benchmarks/profile_step.py hourglass104:mixed_bfloat16:unpadded_stem \
-      --case-timeout 110 --budget 112 --output "$OUT/profile_step_stem.md" 2>&1 | grep "^| hourglass" | cut -c1-300
     ;;
   *) echo "unknown phase $phase (1 to 9)" >&2; exit 2 ;;
 esac

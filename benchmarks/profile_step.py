@@ -28,8 +28,6 @@ Variants (benchmark-only, to measure a change against what went before):
 statistics (`mean`, then `var`: two passes over the activations) instead of
 `OnePassBatchNormalization`'s one (the mean and mean square of `x - shift`;
 `onepass_bn` measured it before it became the default, 2026-12-07).
-`unpadded_stem` convolves the 3-channel image as it is instead of padded to
-8 channels (`ChannelPaddedConv2D`, the default since 2026-12-07).
 `dcn=<options>` sets the XLA deformable convolution's benchmark options
 (`common.set_dcn_xla_options`, comma-separated, e.g.
 `dla34:mixed_bfloat16:dcn=sortscatter`).
@@ -95,15 +93,6 @@ def twopass_batchnorm():
     OnePassBatchNormalization._moments = keras.layers.BatchNormalization._moments
 
 
-def unpadded_stem():
-    """Patches the image stems to convolve their 3 channels as they are (no `ChannelPaddedConv2D` padding)."""
-    import keras
-
-    from keras_centernet.layers import ChannelPaddedConv2D
-
-    ChannelPaddedConv2D.convolution_op = keras.layers.Conv2D.convolution_op
-
-
 def kernel_events(trace_dir):
     """(kernel name, HLO op, duration ns) of every GPU kernel in the trace under `trace_dir`."""
     from jax.profiler import ProfileData
@@ -155,8 +144,6 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
 
     if variant == "twopass_bn":
         twopass_batchnorm()
-    elif variant == "unpadded_stem":
-        unpadded_stem()
     elif variant.startswith("dcn="):
         common.set_dcn_xla_options([o for o in variant[4:].split(",") if o])
     elif variant:

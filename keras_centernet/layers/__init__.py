@@ -2,7 +2,6 @@
 
 from keras_centernet.layers.batch_augmentation import BatchAugmentation
 from keras_centernet.layers.batch_normalization import OnePassBatchNormalization
-from keras_centernet.layers.channel_padded_conv2d import ChannelPaddedConv2D
 from keras_centernet.layers.corner_pooling import CascadeCornerPooling, CenterPooling, CornerPooling
 from keras_centernet.layers.ddd_decoder import CenterNet3DDecoder
 from keras_centernet.layers.ddd_decoder import decode_3d_detections
@@ -22,7 +21,6 @@ from keras_centernet.layers.soft_nms import soft_nms
 __all__ = [
     "BatchAugmentation",
     "CascadeCornerPooling",
-    "ChannelPaddedConv2D",
     "CenterPooling",
     "CornerPooling",
     "CenterNet3DDecoder",

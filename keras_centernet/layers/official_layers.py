@@ -10,7 +10,6 @@ import keras
 
 from keras_centernet.convert.official import official_name
 from keras_centernet.layers.batch_normalization import OnePassBatchNormalization
-from keras_centernet.layers.channel_padded_conv2d import ChannelPaddedConv2D
 
 # PyTorch BatchNorm2d: eps 1e-5; momentum 0.1 there is 0.9 here.
 BN_EPSILON = 1e-5
@@ -45,10 +44,7 @@ class GraphBuilder:
             # Stride 1 with odd kernels: "same" is the symmetric padding; a
             # 1x1 stride-2 projection needs none.
             padding = "same"
-        # The image stems (3 channels) run on 8 under JAX: see `ChannelPaddedConv2D`.
-        few_channels = x.shape[-1] is not None and x.shape[-1] < 8
-        conv = ChannelPaddedConv2D if few_channels else keras.layers.Conv2D
-        return conv(
+        return keras.layers.Conv2D(
             filters, kernel_size, strides=strides, padding=padding,
             use_bias=use_bias, dtype=self.dtype, name=official_name(name),
         )(x)
