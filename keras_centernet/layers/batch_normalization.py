@@ -22,8 +22,8 @@ class OnePassBatchNormalization(keras.layers.BatchNormalization):
     Same weights, configuration, inference and moving-average updates as
     `keras.layers.BatchNormalization`; with a mask or `synchronized=True` it
     is Keras' own computation. Under JAX on an H100 the one-pass statistics
-    made an Hourglass-104 bf16 training step 4% faster (137.3 -> 131.6 ms,
-    `benchmarks/results/profile_step.md`).
+    made an Hourglass-104 bf16 training step 3% faster (137.2 -> 133.1 ms,
+    `benchmarks/results/training_step.md`).
 
     Example:
     >>> import numpy as np
