@@ -17,8 +17,9 @@
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
 # without augmentation, phase 3 for xla at batch 32 (all three under the
 # earlier `sum(y)` loss, profile_dcn.md section 6); then 5, 7 and 6 with the
-# loss that needs the forward. Still to run: 8 (written 2026-12-06, not yet run: no device
-# time was left), then 2 and 3 whole with whatever 8 makes the default.
+# loss that needs the forward. 2026-12-07 (H100s, profile_dcn.md section 8, profile_step.md,
+# training_step.md): 8's bf16 profile alone (neither option helps: both stay off), and 9. Still
+# to run: 8's DLA-34 steps are moot; 2 and 3 whole with the final code (one-pass BatchNorm).
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only
