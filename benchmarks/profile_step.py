@@ -30,7 +30,9 @@ statistics (`mean`, then `var`: two passes over the activations) instead of
 `onepass_bn` measured it before it became the default, 2026-12-07).
 `dcn=<options>` sets the XLA deformable convolution's benchmark options
 (`common.set_dcn_xla_options`, comma-separated, e.g.
-`dla34:mixed_bfloat16:dcn=sortscatter`).
+`dla34:mixed_bfloat16:dcn=sortscatter`). `xla=<flags>` adds XLA flags to the
+case's worker (comma-separated, without their `--`, e.g.
+`hourglass104:mixed_bfloat16:xla=xla_gpu_autotune_level=0`).
 
 The table gives, per case, the step time, the share of each class and the
 heaviest HLO operations.
@@ -93,6 +95,14 @@ def twopass_batchnorm():
     OnePassBatchNormalization._moments = keras.layers.BatchNormalization._moments
 
 
+def case_xla_flags(case):
+    """The XLA flags of a case's `xla=<flags>` variant, as `XLA_FLAGS` takes them ("" for other cases)."""
+    _, _, *variant = case.split(":")
+    if not variant or not variant[0].startswith("xla="):
+        return ""
+    return " ".join("--" + flag for flag in variant[0][len("xla="):].split(",") if flag)
+
+
 def kernel_events(trace_dir):
     """(kernel name, HLO op, duration ns) of every GPU kernel in the trace under `trace_dir`."""
     from jax.profiler import ProfileData
@@ -146,6 +156,8 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
         twopass_batchnorm()
     elif variant.startswith("dcn="):
         common.set_dcn_xla_options([o for o in variant[4:].split(",") if o])
+    elif variant.startswith("xla="):
+        pass  # set by `worker` before JAX starts (`case_xla_flags`)
     elif variant:
         raise ValueError(f"unknown variant {variant!r}")
     keras.mixed_precision.set_dtype_policy(dtype)
@@ -207,6 +219,9 @@ def worker(args):
         dump_root = tempfile.mkdtemp(prefix="profile_step_hlo_")
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump_root}"
                                    " --xla_dump_hlo_as_text").strip()
+    flags = " ".join(case_xla_flags(case) for case in args.cases).strip()
+    if flags:  # one case per worker: these are its own
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
     import jax
 
     common.emit("environment", line=common.environment_line(), platform=jax.devices()[0].platform)

@@ -117,3 +117,24 @@ def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
     finally:
         for name, value in defaults.items():
             setattr(xla, name, value)
+
+
+def test_case_xla_flags(benchmarks):
+    profile_step, _ = benchmarks
+    assert profile_step.case_xla_flags("hourglass104:mixed_bfloat16") == ""
+    assert profile_step.case_xla_flags("dla34:mixed_bfloat16:dcn=sortscatter") == ""
+    assert profile_step.case_xla_flags(
+        "hourglass104:mixed_bfloat16:xla=xla_gpu_autotune_level=0,xla_gpu_enable_command_buffer="
+    ) == "--xla_gpu_autotune_level=0 --xla_gpu_enable_command_buffer="
+
+
+def test_twopass_variant_gives_back_keras_statistics(benchmarks, monkeypatch):
+    import keras
+
+    from keras_centernet.layers import OnePassBatchNormalization
+
+    profile_step, _ = benchmarks
+    monkeypatch.setattr(OnePassBatchNormalization, "_moments", OnePassBatchNormalization._moments)
+    assert OnePassBatchNormalization._moments is not keras.layers.BatchNormalization._moments
+    profile_step.twopass_batchnorm()
+    assert OnePassBatchNormalization._moments is keras.layers.BatchNormalization._moments
