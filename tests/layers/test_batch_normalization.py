@@ -85,3 +85,45 @@ class TestOnePassBatchNormalization(TestCase):
         np.testing.assert_allclose(to_numpy(ours(x, training=True, mask=mask)),
                                    to_numpy(theirs(x, training=True, mask=mask)), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(to_numpy(ours.moving_variance), to_numpy(theirs.moving_variance), rtol=1e-6)
+
+
+def _reductions_reading_reductions(layer, x):
+    """How many full-size reductions of a training call read a value derived from another reduction (JAX)."""
+    import jax
+    from jax.extend.core import Literal
+
+    def walk(jaxpr, derived_inputs):
+        """(count, derived flags of the outputs) of `jaxpr`, nested calls included."""
+        derived = {v for v, flag in zip(jaxpr.invars, derived_inputs) if flag}
+        count = 0
+        for eqn in jaxpr.eqns:
+            reads = [v for v in eqn.invars if not isinstance(v, Literal)]
+            flags = [v in derived for v in eqn.invars if not isinstance(v, Literal)]
+            inner = eqn.params.get("jaxpr")
+            if inner is not None:  # a nested jit (jnp.var is one)
+                inner_count, outputs = walk(getattr(inner, "jaxpr", inner),
+                                            [not isinstance(v, Literal) and v in derived for v in eqn.invars])
+                count += inner_count
+                derived.update(v for v, flag in zip(eqn.outvars, outputs) if flag)
+            elif eqn.primitive.name == "reduce_sum" and tuple(reads[0].aval.shape) == x.shape:
+                count += any(flags)
+                derived.update(eqn.outvars)
+            elif any(flags):
+                derived.update(eqn.outvars)
+        return count, [not isinstance(v, Literal) and v in derived for v in jaxpr.outvars]
+
+    layer.build(x.shape)
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+    closed = jax.make_jaxpr(lambda x: layer.stateless_call(trainable, non_trainable, x, training=True))(x)
+    return walk(closed.jaxpr, [False] * len(closed.jaxpr.invars))[0]
+
+
+@pytest.mark.jax
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="reads the JAX program of the layer")
+def test_statistics_take_one_pass_over_the_activations(rng):
+    # Keras' layer reduces (x - mean)^2 after reducing x: its second pass waits for
+    # the first. Here both reductions read only x (and the shift, a slice of x).
+    x = rng.normal(size=(2, 4, 4, 3)).astype("float32")
+    assert _reductions_reading_reductions(keras.layers.BatchNormalization(), x) >= 1
+    assert _reductions_reading_reductions(OnePassBatchNormalization(), x) == 0
