@@ -95,22 +95,23 @@ def _reductions_reading_reductions(layer, x):
     def walk(jaxpr, derived_inputs):
         """(count, derived flags of the outputs) of `jaxpr`, nested calls included."""
         derived = {v for v, flag in zip(jaxpr.invars, derived_inputs) if flag}
+
+        def flags(variables):
+            return [not isinstance(v, Literal) and v in derived for v in variables]
+
         count = 0
         for eqn in jaxpr.eqns:
-            reads = [v for v in eqn.invars if not isinstance(v, Literal)]
-            flags = [v in derived for v in eqn.invars if not isinstance(v, Literal)]
             inner = eqn.params.get("jaxpr")
             if inner is not None:  # a nested jit (jnp.var is one)
-                inner_count, outputs = walk(getattr(inner, "jaxpr", inner),
-                                            [not isinstance(v, Literal) and v in derived for v in eqn.invars])
+                inner_count, outputs = walk(getattr(inner, "jaxpr", inner), flags(eqn.invars))
                 count += inner_count
                 derived.update(v for v, flag in zip(eqn.outvars, outputs) if flag)
-            elif eqn.primitive.name == "reduce_sum" and tuple(reads[0].aval.shape) == x.shape:
-                count += any(flags)
+            elif eqn.primitive.name == "reduce_sum" and tuple(eqn.invars[0].aval.shape) == x.shape:
+                count += any(flags(eqn.invars))
                 derived.update(eqn.outvars)
-            elif any(flags):
+            elif any(flags(eqn.invars)):
                 derived.update(eqn.outvars)
-        return count, [not isinstance(v, Literal) and v in derived for v in jaxpr.outvars]
+        return count, flags(jaxpr.outvars)
 
     layer.build(x.shape)
     trainable = [v.value for v in layer.trainable_variables]
