@@ -32,7 +32,10 @@ statistics (`mean`, then `var`: two passes over the activations) instead of
 (`common.set_dcn_xla_options`, comma-separated, e.g.
 `dla34:mixed_bfloat16:dcn=sortscatter`). `xla=<flags>` adds XLA flags to the
 case's worker (comma-separated, without their `--`, e.g.
-`hourglass104:mixed_bfloat16:xla=xla_gpu_autotune_level=0`).
+`hourglass104:mixed_bfloat16:xla=xla_gpu_autotune_level=0`). `bnfold=<n>` sets
+`OnePassBatchNormalization.statistics_columns` (the statistics reduce rows of
+about `n` values, `benchmarks/profile_bn.py`); `bnfoldall=<n>` normalises in
+that view too (`fold_normalisation`: the backward's reductions are folded).
 
 The table gives, per case, the step time, the share of each class and the
 heaviest HLO operations.
@@ -156,6 +159,11 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
         twopass_batchnorm()
     elif variant.startswith("dcn="):
         common.set_dcn_xla_options([o for o in variant[4:].split(",") if o])
+    elif variant.startswith(("bnfold=", "bnfoldall=")):
+        from keras_centernet.layers import OnePassBatchNormalization
+
+        OnePassBatchNormalization.statistics_columns = int(variant.split("=")[1])
+        OnePassBatchNormalization.fold_normalisation = variant.startswith("bnfoldall=")
     elif variant.startswith("xla="):
         pass  # set by `worker` before JAX starts (`case_xla_flags`)
     elif variant:
@@ -209,6 +217,9 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
         "top_instances": [(op, by_instance[op] / 1e6 / profile_steps, op_class[op], long_names[op])
                           for op, _ in by_instance.most_common(25)],
         "loss": float(np.asarray(logs["loss"])),
+        # Every instruction's time with `--hlo-dump`, to read next to the kept HLO.
+        **({"instances": {op: round(ns / 1e6 / profile_steps, 4) for op, ns in by_instance.items()}}
+           if dump_dir else {}),
     }
 
 
