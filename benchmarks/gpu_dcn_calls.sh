@@ -13,21 +13,24 @@
 #   bash benchmarks/gpu_dcn_calls.sh 8   # profile_dcn.py with HLO: sampling terms written first (and kept), packed gathers + DLA-34 steps
 #   bash benchmarks/gpu_dcn_calls.sh 9   # hourglass104 bf16 training step on an H100 (one-pass BatchNorm)
 #   bash benchmarks/gpu_dcn_calls.sh 10  # profile_bn.py + hourglass104 bf16 profile (HLO kept) and folded statistics
+#   bash benchmarks/gpu_dcn_calls.sh 11  # hourglass104 bf16 step: kernel gradients' transposes kept out of Adam's update
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
 # without augmentation, phase 3 for xla at batch 32 (all three under the
 # earlier `sum(y)` loss, profile_dcn.md section 6); then 5, 7 and 6 with the
 # loss that needs the forward. 2026-12-07 (H100s, profile_dcn.md section 8, profile_step.md,
-# training_step.md): 8's bf16 profile alone (neither option helps: both stay off), and 9. Still
-# to run: 8's DLA-34 steps are moot; 2 and 3 whole with the final code (one-pass BatchNorm).
+# training_step.md): 8's bf16 profile alone (neither option helps: both stay off), and 9. Then, a
+# later session of 2026-12-07: 10 (one H100; results/profile_bn.md, profile_step.md) and phase 2's
+# bf16 rows without augmentation (one-pass BatchNorm). Still to run: 11; 2's fp32 and augmentation
+# rows; 3 with the final code. 8's DLA-34 steps are moot.
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1 to 10"}
+phase=${1:?"phase: 1 to 11"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -112,7 +115,7 @@ case $phase in
       --output /tmp/gpu_dcn_work/training_step_bn.md 2>&1 | grep -E "^hourglass|Error" | cut -c1-600
     cp /tmp/gpu_dcn_work/training_step_bn.md /tmp/gpu_dcn_work/training_step_bn.json "$OUT/"
     ;;
-  10)
+  10)  # ran at 067db15 (results/profile_bn.md); its bnfold variants are gone since
     timeout 120 python3 benchmarks/profile_bn.py --forms keras onepass fold2048 fold8192 foldall2048 \
       --output "$OUT/profile_bn.md" 2>&1 | grep "^|" | cut -c1-300
     export XLA_FLAGS=--xla_gpu_enable_command_buffer=  # each kernel keeps its HLO name
@@ -124,5 +127,13 @@ case $phase in
       --output "$OUT/profile_step_fold.md" 2>&1 | grep "^| hourglass" | cut -c1-300
     unset XLA_FLAGS
     ;;
-  *) echo "unknown phase $phase (1 to 10)" >&2; exit 2 ;;
+  11)
+    export XLA_FLAGS=--xla_gpu_enable_command_buffer=  # each kernel keeps its HLO name
+    timeout 560 python3 benchmarks/profile_step.py hourglass104:mixed_bfloat16 \
+      hourglass104:mixed_bfloat16:kernelbarrier hourglass104:mixed_bfloat16:gradbarrier \
+      hourglass104:mixed_bfloat16:ohwi --budget 550 --case-timeout 135 \
+      --output "$OUT/profile_step_transposes.md" 2>&1 | grep "^| hourglass" | cut -c1-300
+    unset XLA_FLAGS
+    ;;
+  *) echo "unknown phase $phase (1 to 11)" >&2; exit 2 ;;
 esac

@@ -1,18 +1,19 @@
 """How fast BatchNorm's memory-bound work runs on the GPU, by formulation (JAX backend).
 
-Hourglass-104's bf16 training step spends about 12 ms of an H100's 133 ms on
-BatchNorm statistics (`profile_step.md`), yet its 201 BatchNorm inputs hold
-7.7 GB of bfloat16: one read at the H100's 3.35 TB/s is 2.3 ms. This script
+Hourglass-104's bf16 training step spends about 11 ms of an H100's 132 ms in
+reduction fusions, mostly BatchNorm statistics and their gradients
+(`profile_step.md`), yet its 201 BatchNorm inputs hold 7.7 GB of bfloat16: one
+read at the H100's 3.35 TB/s is 2.3 ms. This script
 times the statistics alone and a whole BatchNorm+ReLU forward+backward on
 Hourglass-104's activation shapes, for each formulation of the statistics:
 
 - `keras`: `keras.layers.BatchNormalization` (mean, then variance: two passes);
-- `onepass`: `OnePassBatchNormalization` as it is by default;
-- `fold<n>`: `OnePassBatchNormalization` with `statistics_columns = n`
-  (consecutive positions folded into rows of about `n` values before the
-  column reduction, `OnePassBatchNormalization._fold`);
-- `foldall<n>`: the same, normalising in the folded view too
-  (`fold_normalisation`), so that the backward's reductions are folded.
+- `onepass`: `OnePassBatchNormalization` as it is by default.
+
+At commit 067db15 two more forms folded consecutive positions into rows of
+`n` values before the column reduction (`fold<n>`, and `foldall<n>` that
+normalised in that view too); they were slower and were removed
+(`results/profile_bn.md`).
 
     KERAS_BACKEND=jax python benchmarks/profile_bn.py --output $OUT/profile_bn.md
 
@@ -41,7 +42,7 @@ SHAPES = [
     ((32, 32, 32, 384), 22),
     ((32, 16, 16, 384), 26),
 ]
-FORMS = ["keras", "onepass", "fold512", "fold1024", "fold2048", "fold4096"]
+FORMS = ["keras", "onepass"]
 
 
 def make_layer(form, shape):
@@ -51,10 +52,8 @@ def make_layer(form, shape):
 
     if form == "keras":
         layer = keras.layers.BatchNormalization(epsilon=1e-5, dtype="mixed_bfloat16")
-    elif form == "onepass" or form.startswith("fold"):
+    elif form == "onepass":
         layer = OnePassBatchNormalization(epsilon=1e-5, dtype="mixed_bfloat16")
-        layer.statistics_columns = int(form.lstrip("foldal")) if form.startswith("fold") else None
-        layer.fold_normalisation = form.startswith("foldall")
     else:
         raise ValueError(f"unknown form {form!r}")
     layer.build(shape)

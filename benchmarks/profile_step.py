@@ -32,10 +32,12 @@ statistics (`mean`, then `var`: two passes over the activations) instead of
 (`common.set_dcn_xla_options`, comma-separated, e.g.
 `dla34:mixed_bfloat16:dcn=sortscatter`). `xla=<flags>` adds XLA flags to the
 case's worker (comma-separated, without their `--`, e.g.
-`hourglass104:mixed_bfloat16:xla=xla_gpu_autotune_level=0`). `bnfold=<n>` sets
-`OnePassBatchNormalization.statistics_columns` (the statistics reduce rows of
-about `n` values, `benchmarks/profile_bn.py`); `bnfoldall=<n>` normalises in
-that view too (`fold_normalisation`: the backward's reductions are folded).
+`hourglass104:mixed_bfloat16:xla=xla_gpu_autotune_level=0`).
+`kernelbarrier`, `gradbarrier` and `ohwi` try to keep the kernel gradients'
+OHWI -> HWIO transposes out of Adam's update (`kernel_gradient_barrier`,
+`gradients_barrier`, `ohwi_kernels`). (`bnfold=<n>` and `bnfoldall=<n>`,
+BatchNorm statistics folded into wider rows, were measured at commit 067db15
+and removed: `profile_bn.md`.)
 
 The table gives, per case, the step time, the share of each class and the
 heaviest HLO operations.
@@ -96,6 +98,71 @@ def twopass_batchnorm():
     from keras_centernet.layers import OnePassBatchNormalization
 
     OnePassBatchNormalization._moments = keras.layers.BatchNormalization._moments
+
+
+def kernel_gradient_barrier():
+    """Patches every convolution so that its kernel's gradient passes an XLA optimization barrier.
+
+    cuDNN's NHWC convolutions take and give kernels as OHWI; Keras stores HWIO.
+    The profile of Hourglass-104 bf16 (`profile_step.md`) shows XLA fusing the
+    bf16 OHWI -> f32 HWIO transpose of each kernel gradient into Adam's update,
+    as a multi-output transpose fusion (about 5.9 ms a step, a quarter of the
+    bandwidth) that cannot write in place (1.7 ms of copies after it). The
+    barrier asks XLA to materialise the bf16 gradient first, so that the update
+    can be an in-place elementwise fusion.
+    """
+    import jax
+    from keras import ops
+    from keras.src.layers.convolutional.base_conv import BaseConv
+
+    @jax.custom_vjp
+    def through_barrier(kernel):
+        return kernel
+
+    through_barrier.defvjp(lambda kernel: (kernel, None),
+                           lambda _, grad: (jax.lax.optimization_barrier(grad),))
+    convolution_op = BaseConv.convolution_op
+    BaseConv.convolution_op = lambda self, inputs, kernel: convolution_op(
+        self, inputs, through_barrier(ops.convert_to_tensor(kernel)))
+
+
+def gradients_barrier(model):
+    """Puts all gradients through one XLA optimization barrier before the optimizer (`gradbarrier`)."""
+    import jax
+
+    apply = model.optimizer.stateless_apply
+    model.optimizer.stateless_apply = lambda variables, grads, trainable: apply(
+        variables, jax.lax.optimization_barrier(grads), trainable)
+
+
+def ohwi_kernels():
+    """Patches convolutions to store their kernels as OHWI (cuDNN's layout) instead of HWIO (`ohwi`).
+
+    Benchmark-only: the kernel initialisers see the permuted shape (other
+    fans), and saved weights would not load into Keras' layer. It measures what
+    the kernel transposes around each step cost.
+    """
+    from keras import ops
+    from keras.src.layers.convolutional.base_conv import BaseConv
+
+    add_weight = BaseConv.add_weight
+
+    def permuted_add_weight(self, *args, **kwargs):
+        shape = kwargs.get("shape")
+        if kwargs.get("name") == "kernel" and shape is not None and len(shape) == 4 and self.groups == 1:
+            kwargs["shape"] = (shape[3], shape[0], shape[1], shape[2])
+            self._ohwi = True
+        return add_weight(self, *args, **kwargs)
+
+    convolution_op = BaseConv.convolution_op
+
+    def transposed_convolution_op(self, inputs, kernel):
+        if getattr(self, "_ohwi", False):
+            kernel = ops.transpose(kernel, (1, 2, 3, 0))
+        return convolution_op(self, inputs, kernel)
+
+    BaseConv.add_weight = permuted_add_weight
+    BaseConv.convolution_op = transposed_convolution_op
 
 
 def case_xla_flags(case):
@@ -159,18 +226,19 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
         twopass_batchnorm()
     elif variant.startswith("dcn="):
         common.set_dcn_xla_options([o for o in variant[4:].split(",") if o])
-    elif variant.startswith(("bnfold=", "bnfoldall=")):
-        from keras_centernet.layers import OnePassBatchNormalization
-
-        OnePassBatchNormalization.statistics_columns = int(variant.split("=")[1])
-        OnePassBatchNormalization.fold_normalisation = variant.startswith("bnfoldall=")
-    elif variant.startswith("xla="):
+    elif variant == "kernelbarrier":
+        kernel_gradient_barrier()
+    elif variant == "ohwi":
+        ohwi_kernels()
+    elif variant == "gradbarrier" or variant.startswith("xla="):
         pass  # set by `worker` before JAX starts (`case_xla_flags`)
     elif variant:
         raise ValueError(f"unknown variant {variant!r}")
     keras.mixed_precision.set_dtype_policy(dtype)
     model = kc.CenterNet.from_preset(preset, num_classes=NUM_CLASSES)
     model.compile(optimizer=keras.optimizers.Adam(1.25e-4))
+    if variant == "gradbarrier":
+        gradients_barrier(model)
     rng = np.random.default_rng(0)
     images = jax.device_put(rng.uniform(0, 255, size=(batch, size, size, 3)).astype("float32"))
     boxes, labels = random_objects(rng, batch, size)

@@ -138,3 +138,81 @@ def test_twopass_variant_gives_back_keras_statistics(benchmarks, monkeypatch):
     assert OnePassBatchNormalization._moments is not keras.layers.BatchNormalization._moments
     profile_step.twopass_batchnorm()
     assert OnePassBatchNormalization._moments is keras.layers.BatchNormalization._moments
+
+
+def _patched_conv_class(monkeypatch):
+    """Keras' convolution base class, restored after the test whatever a variant patches."""
+    from keras.src.layers.convolutional.base_conv import BaseConv
+
+    monkeypatch.setattr(BaseConv, "convolution_op", BaseConv.convolution_op)
+    monkeypatch.setattr(BaseConv, "add_weight", BaseConv.add_weight)
+    return BaseConv
+
+
+@jax_only
+def test_kernelbarrier_keeps_gradients_and_puts_kernels_through_a_barrier(benchmarks, monkeypatch):
+    import jax
+    import keras
+    import numpy as np
+
+    profile_step, _ = benchmarks
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype("float32")
+
+    def gradients():
+        keras.utils.set_random_seed(0)
+        layer = keras.layers.Conv2D(4, 3, padding="same")
+        layer.build(x.shape)
+        trainable = [v.value for v in layer.trainable_variables]
+        grad = jax.grad(lambda t: (layer.stateless_call(t, [], x)[0] ** 2).sum())
+        return grad(trainable), str(jax.make_jaxpr(grad)(trainable))
+
+    before, program_before = gradients()
+    _patched_conv_class(monkeypatch)
+    profile_step.kernel_gradient_barrier()
+    after, program_after = gradients()
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert "optimization_barrier" not in program_before
+    assert "optimization_barrier" in program_after
+
+
+@jax_only
+def test_ohwi_stores_kernels_output_channel_first(benchmarks, monkeypatch):
+    import keras
+    import numpy as np
+
+    profile_step, _ = benchmarks
+    _patched_conv_class(monkeypatch)
+    profile_step.ohwi_kernels()
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype("float32")
+    layer = keras.layers.Conv2D(4, 1, use_bias=False)
+    y = keras.ops.convert_to_numpy(layer(x))
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    assert kernel.shape == (4, 1, 1, 3)
+    # A 1x1 convolution with an OHWI kernel: y[..., o] = sum_i x[..., i] * kernel[o, 0, 0, i].
+    np.testing.assert_allclose(y, np.einsum("nhwi,oi->nhwo", x, kernel[:, 0, 0, :]), rtol=1e-5, atol=1e-5)
+
+
+@jax_only
+def test_gradbarrier_trains_as_before(benchmarks):
+    import keras
+    import numpy as np
+
+    profile_step, _ = benchmarks
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 2)).astype("float32")
+    weights = []
+    for barrier in (False, True):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+        if barrier:
+            profile_step.gradients_barrier(model)
+            assert "stateless_apply" in vars(model.optimizer)
+        initial = keras.ops.convert_to_numpy(model.weights[0])
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        weights.append([keras.ops.convert_to_numpy(w) for w in model.weights])
+        assert not np.allclose(weights[-1][0], initial)  # the steps did update
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
