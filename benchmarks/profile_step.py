@@ -230,7 +230,9 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
         kernel_gradient_barrier()
     elif variant == "ohwi":
         ohwi_kernels()
-    elif variant == "gradbarrier" or variant.startswith("xla="):
+    elif variant == "gradbarrier":
+        pass  # applied to the optimizer once the model is compiled, below
+    elif variant.startswith("xla="):
         pass  # set by `worker` before JAX starts (`case_xla_flags`)
     elif variant:
         raise ValueError(f"unknown variant {variant!r}")
