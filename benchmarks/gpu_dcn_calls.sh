@@ -130,7 +130,7 @@ case $phase in
   11)
     export XLA_FLAGS=--xla_gpu_enable_command_buffer=  # each kernel keeps its HLO name
     timeout 560 python3 benchmarks/profile_step.py hourglass104:mixed_bfloat16 \
-      hourglass104:mixed_bfloat16:kernelbarrier hourglass104:mixed_bfloat16:gradbarrier \
+      hourglass104:mixed_bfloat16:kernelbarrier hourglass104:mixed_bfloat16:kernellayout \
       hourglass104:mixed_bfloat16:ohwi --budget 550 --case-timeout 135 \
       --output "$OUT/profile_step_transposes.md" 2>&1 | grep "^| hourglass" | cut -c1-300
     unset XLA_FLAGS

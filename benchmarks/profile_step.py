@@ -33,9 +33,9 @@ statistics (`mean`, then `var`: two passes over the activations) instead of
 `dla34:mixed_bfloat16:dcn=sortscatter`). `xla=<flags>` adds XLA flags to the
 case's worker (comma-separated, without their `--`, e.g.
 `hourglass104:mixed_bfloat16:xla=xla_gpu_autotune_level=0`).
-`kernelbarrier`, `gradbarrier` and `ohwi` try to keep the kernel gradients'
-OHWI -> HWIO transposes out of Adam's update (`kernel_gradient_barrier`,
-`gradients_barrier`, `ohwi_kernels`). (`bnfold=<n>` and `bnfoldall=<n>`,
+`kernelbarrier`, `kernellayout`, `gradbarrier` and `ohwi` try to keep the
+kernel gradients' OHWI -> HWIO transposes out of Adam's update
+(`kernel_gradient_barrier`, `gradients_barrier`, `ohwi_kernels`). (`bnfold=<n>` and `bnfoldall=<n>`,
 BatchNorm statistics folded into wider rows, were measured at commit 067db15
 and removed: `profile_bn.md`.)
 
@@ -100,7 +100,7 @@ def twopass_batchnorm():
     OnePassBatchNormalization._moments = keras.layers.BatchNormalization._moments
 
 
-def kernel_gradient_barrier():
+def kernel_gradient_barrier(row_major=False):
     """Patches every convolution so that its kernel's gradient passes an XLA optimization barrier.
 
     cuDNN's NHWC convolutions take and give kernels as OHWI; Keras stores HWIO.
@@ -109,18 +109,29 @@ def kernel_gradient_barrier():
     as a multi-output transpose fusion (about 5.9 ms a step, a quarter of the
     bandwidth) that cannot write in place (1.7 ms of copies after it). The
     barrier asks XLA to materialise the bf16 gradient first, so that the update
-    can be an in-place elementwise fusion.
+    can be an in-place elementwise fusion (`kernelbarrier`). A barrier's result
+    shares its operand's buffer, so XLA may keep the OHWI layout through it;
+    with `row_major` the gradient is first constrained to the row-major (HWIO)
+    layout (`jax.experimental.layout.with_layout_constraint`, `kernellayout`):
+    the transpose is then a bf16 copy before the barrier.
     """
     import jax
     from keras import ops
     from keras.src.layers.convolutional.base_conv import BaseConv
 
+    def backward(_, grad):
+        if row_major:
+            from jax.experimental.layout import Layout
+            from jax.experimental.layout import with_layout_constraint
+
+            grad = with_layout_constraint(grad, Layout(major_to_minor=tuple(range(grad.ndim))))
+        return (jax.lax.optimization_barrier(grad),)
+
     @jax.custom_vjp
     def through_barrier(kernel):
         return kernel
 
-    through_barrier.defvjp(lambda kernel: (kernel, None),
-                           lambda _, grad: (jax.lax.optimization_barrier(grad),))
+    through_barrier.defvjp(lambda kernel: (kernel, None), backward)
     convolution_op = BaseConv.convolution_op
     BaseConv.convolution_op = lambda self, inputs, kernel: convolution_op(
         self, inputs, through_barrier(ops.convert_to_tensor(kernel)))
@@ -226,8 +237,8 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
         twopass_batchnorm()
     elif variant.startswith("dcn="):
         common.set_dcn_xla_options([o for o in variant[4:].split(",") if o])
-    elif variant == "kernelbarrier":
-        kernel_gradient_barrier()
+    elif variant in ("kernelbarrier", "kernellayout"):
+        kernel_gradient_barrier(row_major=variant == "kernellayout")
     elif variant == "ohwi":
         ohwi_kernels()
     elif variant == "gradbarrier":

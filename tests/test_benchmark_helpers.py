@@ -150,7 +150,8 @@ def _patched_conv_class(monkeypatch):
 
 
 @jax_only
-def test_kernelbarrier_keeps_gradients_and_puts_kernels_through_a_barrier(benchmarks, monkeypatch):
+@pytest.mark.parametrize("row_major", [False, True])
+def test_kernelbarrier_keeps_gradients_and_puts_kernels_through_a_barrier(benchmarks, monkeypatch, row_major):
     import jax
     import keras
     import numpy as np
@@ -168,12 +169,14 @@ def test_kernelbarrier_keeps_gradients_and_puts_kernels_through_a_barrier(benchm
 
     before, program_before = gradients()
     _patched_conv_class(monkeypatch)
-    profile_step.kernel_gradient_barrier()
+    profile_step.kernel_gradient_barrier(row_major=row_major)
     after, program_after = gradients()
     for a, b in zip(before, after):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert "optimization_barrier" not in program_before
     assert "optimization_barrier" in program_after
+    # `kernellayout`: the kernel gradient is constrained to the row-major layout first.
+    assert ("layout_constraint" in program_after) == row_major
 
 
 @jax_only
