@@ -12,7 +12,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 7   # profile_dcn.py with HLO: the gather forms, padding fused or not
 #   bash benchmarks/gpu_dcn_calls.sh 8   # profile_dcn.py with HLO: sampling terms written first (and kept), packed gathers + DLA-34 steps
 #   bash benchmarks/gpu_dcn_calls.sh 9   # hourglass104 bf16 training step on an H100 (one-pass BatchNorm)
-#   bash benchmarks/gpu_dcn_calls.sh 10  # profile_bn.py + hourglass104 bf16 profile (HLO kept) and folded statistics
+#   bash benchmarks/gpu_dcn_calls.sh 10  # profile_bn.py + hourglass104 bf16 profile, its HLO and every instruction's time kept
 #   bash benchmarks/gpu_dcn_calls.sh 11  # hourglass104 bf16 step: kernel gradients' transposes kept out of Adam's update
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
@@ -115,16 +115,12 @@ case $phase in
       --output /tmp/gpu_dcn_work/training_step_bn.md 2>&1 | grep -E "^hourglass|Error" | cut -c1-600
     cp /tmp/gpu_dcn_work/training_step_bn.md /tmp/gpu_dcn_work/training_step_bn.json "$OUT/"
     ;;
-  10)  # ran at 067db15 (results/profile_bn.md); its bnfold variants are gone since
-    timeout 120 python3 benchmarks/profile_bn.py --forms keras onepass fold2048 fold8192 foldall2048 \
-      --output "$OUT/profile_bn.md" 2>&1 | grep "^|" | cut -c1-300
+  10)  # ran at 067db15 with the folded-statistics forms and variants too (results/profile_bn.md)
+    timeout 120 python3 benchmarks/profile_bn.py --output "$OUT/profile_bn.md" 2>&1 | grep "^|" | cut -c1-300
     export XLA_FLAGS=--xla_gpu_enable_command_buffer=  # each kernel keeps its HLO name
     timeout 170 python3 benchmarks/profile_step.py hourglass104:mixed_bfloat16 --hlo-dump \
       --budget 165 --case-timeout 165 --output "$OUT/profile_step_hlo.md" 2>&1 | grep "^| hourglass" | cut -c1-300
     gzip -c "$(ls -S /tmp/profile_step_hlo_*/*after_optimizations.txt | head -1)" > "$OUT/hourglass_bf16_hlo.txt.gz"
-    timeout 285 python3 benchmarks/profile_step.py hourglass104:mixed_bfloat16:bnfold=2048 \
-      hourglass104:mixed_bfloat16:bnfoldall=2048 --budget 280 --case-timeout 140 \
-      --output "$OUT/profile_step_fold.md" 2>&1 | grep "^| hourglass" | cut -c1-300
     unset XLA_FLAGS
     ;;
   11)

@@ -241,10 +241,8 @@ def measure(preset, dtype, variant, size, batch, steps, profile_steps, dump_dir=
         kernel_gradient_barrier(row_major=variant == "kernellayout")
     elif variant == "ohwi":
         ohwi_kernels()
-    elif variant == "gradbarrier":
-        pass  # applied to the optimizer once the model is compiled, below
-    elif variant.startswith("xla="):
-        pass  # set by `worker` before JAX starts (`case_xla_flags`)
+    elif variant == "gradbarrier" or variant.startswith("xla="):
+        pass  # gradbarrier: on the optimizer once compiled, below; xla=: by `worker` (`case_xla_flags`)
     elif variant:
         raise ValueError(f"unknown variant {variant!r}")
     keras.mixed_precision.set_dtype_policy(dtype)

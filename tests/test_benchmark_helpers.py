@@ -187,17 +187,18 @@ def test_ohwi_stores_kernels_output_channel_first(benchmarks, monkeypatch):
     profile_step, _ = benchmarks
     _patched_conv_class(monkeypatch)
     profile_step.ohwi_kernels()
-    x = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype("float32")
-    layer = keras.layers.Conv2D(4, 1, use_bias=False)
+    x = np.random.default_rng(0).normal(size=(2, 3, 2, 3)).astype("float32")
+    layer = keras.layers.Conv2D(4, (3, 2), use_bias=False)  # one output position per image
     y = keras.ops.convert_to_numpy(layer(x))
     kernel = keras.ops.convert_to_numpy(layer.kernel)
-    assert kernel.shape == (4, 1, 1, 3)
-    # A 1x1 convolution with an OHWI kernel: y[..., o] = sum_i x[..., i] * kernel[o, 0, 0, i].
-    np.testing.assert_allclose(y, np.einsum("nhwi,oi->nhwo", x, kernel[:, 0, 0, :]), rtol=1e-5, atol=1e-5)
+    assert kernel.shape == (4, 3, 2, 3)
+    # With an OHWI kernel: y[n, 0, 0, o] = sum over h, w, i of x[n, h, w, i] * kernel[o, h, w, i].
+    np.testing.assert_allclose(y[:, 0, 0], np.einsum("nhwi,ohwi->no", x, kernel), rtol=1e-5, atol=1e-5)
 
 
 @jax_only
 def test_gradbarrier_trains_as_before(benchmarks):
+    import jax
     import keras
     import numpy as np
 
@@ -217,5 +218,9 @@ def test_gradbarrier_trains_as_before(benchmarks):
             model.train_on_batch(x, y)
         weights.append([keras.ops.convert_to_numpy(w) for w in model.weights])
         assert not np.allclose(weights[-1][0], initial)  # the steps did update
+        trainable = [v.value for v in model.trainable_variables]
+        program = jax.make_jaxpr(lambda grads: model.optimizer.stateless_apply(
+            [v.value for v in model.optimizer.variables], grads, trainable))(trainable)
+        assert ("optimization_barrier" in str(program)) == barrier
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
