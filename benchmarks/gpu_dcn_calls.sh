@@ -14,6 +14,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 9   # hourglass104 bf16 training step on an H100 (one-pass BatchNorm)
 #   bash benchmarks/gpu_dcn_calls.sh 10  # profile_bn.py + hourglass104 bf16 profile, its HLO and every instruction's time kept
 #   bash benchmarks/gpu_dcn_calls.sh 11  # hourglass104 bf16 step: kernel gradients' transposes kept out of Adam's update
+#   bash benchmarks/gpu_dcn_calls.sh 12  # hourglass104 bf16 training_step, kernel gradients fused into Adam / routed (ops.kernel_gradients)
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -22,15 +23,16 @@
 # loss that needs the forward. 2026-12-07 (H100s, profile_dcn.md section 8, profile_step.md,
 # training_step.md): 8's bf16 profile alone (neither option helps: both stay off), and 9. Then, a
 # later session of 2026-12-07: 10 (one H100; results/profile_bn.md, profile_step.md) and phase 2's
-# bf16 rows without augmentation (one-pass BatchNorm). Still to run: 11; 2's fp32 and augmentation
-# rows; 3 with the final code. 8's DLA-34 steps are moot.
+# bf16 rows without augmentation (one-pass BatchNorm). A third session of 2026-12-07: 12 (one
+# H100; training_step.md). Still to run: 11; 2's fp32 and augmentation rows; 3 with the final
+# code. 8's DLA-34 steps are moot.
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1 to 11"}
+phase=${1:?"phase: 1 to 12"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -131,5 +133,15 @@ case $phase in
       --output "$OUT/profile_step_transposes.md" 2>&1 | grep "^| hourglass" | cut -c1-300
     unset XLA_FLAGS
     ;;
-  *) echo "unknown phase $phase (1 to 11)" >&2; exit 2 ;;
+  12)
+    # Hourglass-104 bf16 steps with the kernel gradients' layout change fused into Adam (as
+    # before ops.kernel_gradients) and routed row-major through a barrier (the default since).
+    for routing in fused routed; do
+      BENCH_KERNEL_GRADIENTS=$routing timeout 285 python3 benchmarks/training_step.py \
+        --presets hourglass104 --dtypes mixed_bfloat16 --skip-render --budget 270 \
+        --case-timeout 270 --output "$OUT/step_hourglass_$routing.md" 2>&1 \
+        | grep -E "^hourglass|Error" | cut -c1-400
+    done
+    ;;
+  *) echo "unknown phase $phase (1 to 12)" >&2; exit 2 ;;
 esac

@@ -187,6 +187,13 @@ def worker(args):
     if options is not None:
         common.set_dcn_xla_options([o for o in options.split(",") if o])
 
+    # Benchmark-only: "fused" leaves the kernel gradients' layout change to XLA
+    # (fused into the optimizer's update), as before `ops.kernel_gradients`.
+    if os.environ.get("BENCH_KERNEL_GRADIENTS") == "fused":
+        from keras_centernet.ops import kernel_gradients
+
+        kernel_gradients.PLATFORMS = ()
+
     from keras_centernet.ops.deform_conv import resolve_implementation
 
     dcn = ":".join([resolve_implementation([(1,)]), *(o for o in (options or "").split(",") if o)])

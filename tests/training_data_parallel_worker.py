@@ -90,4 +90,10 @@ if __name__ == "__main__":
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2
         )
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        # Route the kernel gradients as on a GPU (`ops.kernel_gradients`), so
+        # that the SPMD step runs the layout constraint and barrier too.
+        from keras_centernet.ops import kernel_gradients
+
+        kernel_gradients.PLATFORMS = (*kernel_gradients.PLATFORMS, "cpu")
     sys.exit(main())

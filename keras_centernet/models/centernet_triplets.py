@@ -23,6 +23,7 @@ from keras_centernet.losses.embedding import keypoint_offset_loss
 from keras_centernet.losses.focal import CLAMP_GRADIENTS
 from keras_centernet.losses.focal import focal_loss
 from keras_centernet.models.centernet import build_by_symbolic_pass
+from keras_centernet.ops import kernel_gradients
 from keras_centernet.targets.corners import KEYPOINTS
 from keras_centernet.targets.corners import render_triplet_targets
 
@@ -249,6 +250,12 @@ class CenterNetTriplets(keras.Model):
         return outputs
 
     # === Training ===
+
+    def compute_loss_and_updates(self, trainable_variables, *args, **kwargs):
+        """JAX's trainer differentiates this: kernel gradients leave row-major (`ops.kernel_gradients`)."""
+        if kernel_gradients.applies():
+            trainable_variables = kernel_gradients.row_major_kernel_gradients(trainable_variables)
+        return super().compute_loss_and_updates(trainable_variables, *args, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The official `AELoss`; targets are rendered here from `y`'s boxes and labels."""
