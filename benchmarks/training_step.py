@@ -230,6 +230,25 @@ def merged_key(results, case, values):
     return f"{case}@{values.get('gpu', '?')}|{values.get('dcn', '?')}"
 
 
+def merge_result(results, case, values):
+    """Puts `values` into `results` under `merged_key`, keeping measurements over errors.
+
+    An error (a case stopped or failed) never replaces a measurement; a
+    measurement drops the errors of the same case on the same GPU (those of a
+    run whose time budget stopped it, say).
+    """
+    key = merged_key(results, case, values)
+    if "error" in values:
+        if "error" not in results.get(key, {"error": ""}):
+            return
+    else:
+        base = case.split("@")[0]
+        for other in [k for k, v in results.items() if "error" in v and k != key]:
+            if other.split("@")[0] == base and results[other].get("gpu") == values.get("gpu"):
+                del results[other]
+    results[key] = values
+
+
 def _augment_row(preset, result, plain, problems):
     """The row (a list of one, or none after an error) of one case with augmentation."""
     if "error" in result:
@@ -432,7 +451,7 @@ def main():
         environment = earlier.get("environment", environment)
         for case, values in earlier["cases"].items():
             values.setdefault("gpu", common.gpu_name(environment))
-            results[merged_key(results, case, values)] = values
+            merge_result(results, case, values)
 
     def on_result(result):
         nonlocal environment
@@ -441,7 +460,7 @@ def main():
             environment = result["line"]
             print(environment, flush=True)
             return
-        results[merged_key(results, case, result)] = result
+        merge_result(results, case, result)
         print(case, json.dumps(result), flush=True)
         common.write_text(output, render(results, environment, args))
         common.write_text(

@@ -68,6 +68,31 @@ def test_merged_key_keeps_measurements_from_elsewhere(benchmarks):
     assert training_step.merged_key(results, tagged, h100) == tagged
 
 
+def test_merge_result_keeps_measurements_over_errors(benchmarks):
+    _, training_step = benchmarks
+    h100, h200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+    case = "dla34:mixed_bfloat16:augment"
+    measured = {"gpu": h100, "dcn": "xla", "fit_img_s": 386.0}
+    stopped = {"gpu": h100, "error": "stopped after 68 s (time budget of the run)"}
+    results = {case: {"gpu": h200, "dcn": "xla", "fit_img_s": 324.0}}
+    # A stopped run beside another GPU's figure is listed (a problem to report)...
+    training_step.merge_result(results, case, stopped)
+    assert results[f"{case}@{h100}|?"] == stopped
+    # ... until a later run measures the case on that GPU; the H200 figure stays.
+    training_step.merge_result(results, case, measured)
+    assert results == {case: {"gpu": h200, "dcn": "xla", "fit_img_s": 324.0}, f"{case}@{h100}|xla": measured}
+    # An error never replaces a measurement of the same GPU and implementation.
+    failed = {"gpu": h100, "dcn": "xla", "error": "RESOURCE_EXHAUSTED"}
+    training_step.merge_result(results, f"{case}@{h100}|xla", failed)
+    assert results[f"{case}@{h100}|xla"] == measured
+    # But it is recorded for a case not measured before, and a newer error replaces an older one.
+    training_step.merge_result(results, "dla34:float32", failed)
+    assert results["dla34:float32"] == failed
+    newer = dict(failed, error="stopped after 10 s (time budget of the run)")
+    training_step.merge_result(results, "dla34:float32", newer)
+    assert results["dla34:float32"] == newer
+
+
 @jax_only
 def test_timed_dcn_loss_needs_the_forward_output():
     # deform_conv.py and profile_dcn.py time value_and_grad of this loss. Its
