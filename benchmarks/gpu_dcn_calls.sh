@@ -14,7 +14,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 9   # hourglass104 bf16 training step on an H100 (one-pass BatchNorm)
 #   bash benchmarks/gpu_dcn_calls.sh 10  # profile_bn.py + hourglass104 bf16 profile, its HLO and every instruction's time kept
 #   bash benchmarks/gpu_dcn_calls.sh 11  # hourglass104 bf16 step: kernel gradients' transposes kept out of Adam's update
-#   bash benchmarks/gpu_dcn_calls.sh 12  # hourglass104 bf16 training_step, kernel gradients fused into Adam / routed (ops.kernel_gradients)
+#   bash benchmarks/gpu_dcn_calls.sh 12  # hourglass104 bf16 (+ augmented) training_step, kernel gradients fused into Adam / routed
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -134,8 +134,9 @@ case $phase in
     unset XLA_FLAGS
     ;;
   12)
-    # Hourglass-104 bf16 steps with the kernel gradients' layout change fused into Adam (as
-    # before ops.kernel_gradients) and routed row-major through a barrier (the default since).
+    # Hourglass-104 bf16 steps (and training_step's default cases with augmentation, resnet18_dcn
+    # and dla34 bf16) with the kernel gradients' layout change fused into Adam (as before
+    # ops.kernel_gradients) and routed row-major through a barrier (the default since).
     for routing in fused routed; do
       BENCH_KERNEL_GRADIENTS=$routing timeout 285 python3 benchmarks/training_step.py \
         --presets hourglass104 --dtypes mixed_bfloat16 --skip-render --budget 270 \
