@@ -238,8 +238,9 @@ def merge_result(results, case, values):
     run whose time budget stopped it, say).
     """
     key = merged_key(results, case, values)
+    prior = results.get(key)
     if "error" in values:
-        if "error" not in results.get(key, {"error": ""}):
+        if prior is not None and "error" not in prior:
             return
     else:
         base = case.split("@")[0]

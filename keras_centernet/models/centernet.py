@@ -19,7 +19,7 @@ from keras_centernet.losses.iou import ltrb_gaussian_loss
 from keras_centernet.losses.regression import reg_l1_loss
 from keras_centernet.losses.reid import reid_embedding_scale
 from keras_centernet.losses.reid import reid_loss
-from keras_centernet.ops import kernel_gradients
+from keras_centernet.ops.kernel_gradients import RowMajorKernelGradients
 from keras_centernet.targets.render import render_targets
 
 # The paper's multi-scale test (official `--test_scales`).
@@ -34,7 +34,7 @@ REID_DIM = 128
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
-class CenterNet(keras.Model):
+class CenterNet(RowMajorKernelGradients, keras.Model):
     """CenterNet object detector ("Objects as Points").
 
     A backbone returns a feature pyramid, a neck brings it to one stride-4
@@ -353,12 +353,6 @@ class CenterNet(keras.Model):
         return outputs
 
     # === Training ===
-
-    def compute_loss_and_updates(self, trainable_variables, *args, **kwargs):
-        """JAX's trainer differentiates this: kernel gradients leave row-major (`ops.kernel_gradients`)."""
-        if kernel_gradients.applies():
-            trainable_variables = kernel_gradients.row_major_kernel_gradients(trainable_variables)
-        return super().compute_loss_and_updates(trainable_variables, *args, **kwargs)
 
     def heatmap_loss_fn(self, heatmap_true, heatmap_logits):
         """The loss of one heatmap (centres, or keypoints in subclasses), as `heatmap_loss` says."""

@@ -23,7 +23,7 @@ from keras_centernet.losses.embedding import keypoint_offset_loss
 from keras_centernet.losses.focal import CLAMP_GRADIENTS
 from keras_centernet.losses.focal import focal_loss
 from keras_centernet.models.centernet import build_by_symbolic_pass
-from keras_centernet.ops import kernel_gradients
+from keras_centernet.ops.kernel_gradients import RowMajorKernelGradients
 from keras_centernet.targets.corners import KEYPOINTS
 from keras_centernet.targets.corners import render_triplet_targets
 
@@ -52,7 +52,7 @@ PRESETS = {
 
 
 @keras.saving.register_keras_serializable(package="keras_centernet")
-class CenterNetTriplets(keras.Model):
+class CenterNetTriplets(RowMajorKernelGradients, keras.Model):
     """Keypoint-Triplets CenterNet: corner pairs checked by a centre keypoint.
 
     Each hourglass stack's stride-4 map goes through three pooling modules:
@@ -250,12 +250,6 @@ class CenterNetTriplets(keras.Model):
         return outputs
 
     # === Training ===
-
-    def compute_loss_and_updates(self, trainable_variables, *args, **kwargs):
-        """JAX's trainer differentiates this: kernel gradients leave row-major (`ops.kernel_gradients`)."""
-        if kernel_gradients.applies():
-            trainable_variables = kernel_gradients.row_major_kernel_gradients(trainable_variables)
-        return super().compute_loss_and_updates(trainable_variables, *args, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The official `AELoss`; targets are rendered here from `y`'s boxes and labels."""

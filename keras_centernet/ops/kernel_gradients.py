@@ -16,22 +16,38 @@ Values and gradients are unchanged: only where XLA puts the transpose.
 
 import functools
 
-# Platforms (`jax.default_backend()`) on which the JAX training step of
-# `CenterNet` (and its subclasses) and `CenterNetTriplets` routes kernel
-# gradients this way. Measured on CUDA GPUs; on the CPU
-# the convolutions' kernels are already row-major.
+import keras
+
+# Platforms (`jax.default_backend()`) on which the JAX training step of a
+# `RowMajorKernelGradients` model routes kernel gradients this way. Measured
+# on CUDA GPUs; on the CPU the convolutions' kernels are already row-major.
 PLATFORMS = ("gpu", "cuda", "rocm")
 
 
 def applies():
     """Whether `row_major_kernel_gradients` acts here: JAX backend on one of `PLATFORMS`."""
-    import keras
-
     if keras.backend.backend() != "jax":
         return False
     import jax
 
     return jax.default_backend() in PLATFORMS
+
+
+class RowMajorKernelGradients:
+    """Model mixin: JAX's training step routes the kernel gradients (`row_major_kernel_gradients`).
+
+    JAX's trainer differentiates `compute_loss_and_updates` with respect to
+    its trainable values; where `applies()`, they pass the routing first.
+    Other backends never call the method. Put it before `keras.Model`:
+
+    >>> class Detector(RowMajorKernelGradients, keras.Model):
+    ...     pass
+    """
+
+    def compute_loss_and_updates(self, trainable_variables, *args, **kwargs):
+        if applies():
+            trainable_variables = row_major_kernel_gradients(trainable_variables)
+        return super().compute_loss_and_updates(trainable_variables, *args, **kwargs)
 
 
 def row_major_kernel_gradients(values):
