@@ -73,6 +73,10 @@ def median_ms(fn, sync, warmup=3, repeats=20, min_seconds=0.5, max_repeats=200):
     return statistics.median(times)
 
 
+# The Pallas kernels' default tiles, kept while a benchmark sets others.
+_PALLAS_CONFIG = None
+
+
 def set_dcn_xla_options(options):
     """Benchmark-only: sets the XLA deformable convolution's module options.
 
@@ -81,15 +85,33 @@ def set_dcn_xla_options(options):
     "sortrowscatter" (`SCATTER_FORM = "window"`, `"rows"`, `"sorted"`,
     `"sortedrows"`; else chosen by platform and channels), "lowscatter"
     (`SCATTER_DTYPE = "input"`), "pallasfwd" (`FORWARD = "pallas"`),
+    "pallasbwd" (`BACKWARD = "pallas"`),
     "padfused" (`PAD_BARRIER = False`), "termsbarrier" (`TERMS_BARRIER = True`),
-    "packed" (`PACKED_GATHER = True`); an empty list restores the defaults.
+    "packed" (`PACKED_GATHER = True`), and "cfg.FIELD=N" (field `FIELD` of
+    the Pallas kernels' `deform_conv_jax.DEFAULT_CONFIG` set to the integer
+    `N`, e.g. "cfg.bwd_block_m=128"); an empty list restores the defaults.
     """
+    from keras_centernet.ops import deform_conv_jax
     from keras_centernet.ops import deform_conv_xla
+
+    global _PALLAS_CONFIG
+    if _PALLAS_CONFIG is None:
+        _PALLAS_CONFIG = deform_conv_jax.DEFAULT_CONFIG
+    fields = {}
+    for option in options:
+        if option.startswith("cfg."):
+            name, _, value = option[4:].partition("=")
+            if name not in _PALLAS_CONFIG._fields or not value.isdigit():
+                raise ValueError(f"bad Pallas config option {option!r}: expected cfg.FIELD=N "
+                                 f"with FIELD among {_PALLAS_CONFIG._fields}")
+            fields[name] = int(value)
+    options = [o for o in options if not o.startswith("cfg.")]
+    deform_conv_jax.DEFAULT_CONFIG = _PALLAS_CONFIG._replace(**fields)
 
     scatters = {"winscatter": "window", "rowscatter": "rows", "sortscatter": "sorted",
                 "sortrowscatter": "sortedrows"}
-    known = {"keep", "rows", "window", "lowscatter", "pallasfwd", "padfused", "termsbarrier",
-             "packed", *scatters}
+    known = {"keep", "rows", "window", "lowscatter", "pallasfwd", "pallasbwd", "padfused",
+             "termsbarrier", "packed", *scatters}
     unknown = set(options) - known
     if unknown:
         raise ValueError(f"unknown DCN options {sorted(unknown)}")
@@ -102,6 +124,7 @@ def set_dcn_xla_options(options):
     deform_conv_xla.SCATTER_FORM = chosen[0] if chosen else None
     deform_conv_xla.SCATTER_DTYPE = "input" if "lowscatter" in options else None
     deform_conv_xla.FORWARD = "pallas" if "pallasfwd" in options else "xla"
+    deform_conv_xla.BACKWARD = "pallas" if "pallasbwd" in options else "xla"
     deform_conv_xla.PAD_BARRIER = "padfused" not in options
     deform_conv_xla.TERMS_BARRIER = "termsbarrier" in options
     deform_conv_xla.PACKED_GATHER = "packed" in options

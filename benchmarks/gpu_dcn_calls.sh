@@ -15,6 +15,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 10  # profile_bn.py + hourglass104 bf16 profile, its HLO and every instruction's time kept
 #   bash benchmarks/gpu_dcn_calls.sh 11  # hourglass104 bf16 step: kernel gradients' transposes kept out of Adam's update
 #   bash benchmarks/gpu_dcn_calls.sh 12  # hourglass104 bf16 (+ augmented) training_step, kernel gradients fused into Adam / routed
+#   bash benchmarks/gpu_dcn_calls.sh 13  # profile_dcn.py: the Pallas backward and its tiles + DLA-34 bf16 steps with it
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -32,7 +33,7 @@
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1 to 12"}
+phase=${1:?"phase: 1 to 13"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -144,5 +145,22 @@ case $phase in
         | grep -E "^hourglass|Error" | cut -c1-400
     done
     ;;
-  *) echo "unknown phase $phase (1 to 12)" >&2; exit 2 ;;
+  13)
+    # The Pallas backward (deform_conv_xla.BACKWARD = "pallas": column gradient, channel sums and
+    # kernel gradient in one kernel, XLA's sorted scatter for the input gradient), its tiles, and
+    # with the Pallas forward; then DLA-34 bf16 steps with and without it.
+    export XLA_FLAGS=--xla_gpu_enable_command_buffer=
+    timeout 250 python3 benchmarks/profile_dcn.py conv xla xla:pallasbwd xla:pallasfwd:pallasbwd \
+      xla:pallasbwd:cfg.bwd_block_m=128 xla:pallasbwd:cfg.bwd_warps=8 \
+      xla:pallasbwd:cfg.bwd_block_m=128:cfg.bwd_warps=8 xla:pallasbwd:cfg.block_c=128 \
+      --dtypes bfloat16 --shapes 0 1 2 \
+      --budget 230 --output "$OUT/profile_dcn_pallasbwd.md" 2>&1 | grep -E "^\||Error" | cut -c1-420
+    timeout 60 python3 benchmarks/profile_dcn.py conv xla xla:pallasbwd xla:pallasfwd:pallasbwd \
+      --dtypes float32 --shapes 0 --budget 45 --output "$OUT/profile_dcn_pallasbwd_fp32.md" 2>&1 \
+      | grep -E "^\||Error" | cut -c1-420
+    unset XLA_FLAGS
+    step ""
+    step pallasbwd
+    ;;
+  *) echo "unknown phase $phase (1 to 13)" >&2; exit 2 ;;
 esac

@@ -95,7 +95,7 @@ def make_loss(variant):
 
 
 def measure(variant, inputs, loss_weights, dtype, profile_calls=3, hlo_path=None):
-    """f+b ms, peak bytes and `{class: ms}` of one variant on one input.
+    """f+b ms, peak bytes, `{class: ms}`, the heaviest kernels and the loss and gradients (float32 numpy arrays) of one variant on one input.
 
     With `hlo_path`, the optimised HLO of the compiled function (its fusions'
     bodies: which operations each GPU kernel holds) is written there.
@@ -120,6 +120,8 @@ def measure(variant, inputs, loss_weights, dtype, profile_calls=3, hlo_path=None
     peak = None if analysis is None else (
         analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
         + analysis.output_size_in_bytes)
+    outputs = jax.tree_util.tree_leaves(compiled(*args))
+    outputs = [np.asarray(a.astype("float32")) for a in outputs]
     ms = common.median_ms(lambda: compiled(*args), jax.block_until_ready)
     trace_dir = tempfile.mkdtemp(prefix="profile_dcn_")
     jax.profiler.start_trace(trace_dir)
@@ -135,7 +137,16 @@ def measure(variant, inputs, loss_weights, dtype, profile_calls=3, hlo_path=None
         by_op[(hlo_op or kernel_name[:50], kind)] += duration
     classes = {k: by_class[k] / 1e6 / profile_calls for k in CLASSES}
     top = [(op, kind, d / 1e6 / profile_calls) for (op, kind), d in by_op.most_common(6)]
-    return ms, peak, classes, top
+    return ms, peak, classes, top, outputs
+
+
+def largest_difference(outputs, baseline):
+    """Largest of max |a - b| / max |b| over the loss and each gradient (b: the baseline's)."""
+    worst = 0.0
+    for a, b in zip(outputs, baseline):
+        scale = float(np.max(np.abs(b))) or 1.0
+        worst = max(worst, float(np.max(np.abs(a - b))) / scale)
+    return worst
 
 
 def main():
@@ -157,7 +168,7 @@ def main():
     started = time.perf_counter()
     rng = np.random.default_rng(0)
     header = ("| shape | dtype | variant | f+b ms | / conv | kernel ms | "
-              + " | ".join(CLASSES) + " | peak MiB | heaviest kernels (HLO op, class, ms) |")
+              + " | ".join(CLASSES) + " | peak MiB | differs from xla | heaviest kernels (HLO op, class, ms) |")
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     skipped = []
     for dtype in args.dtypes:
@@ -166,6 +177,7 @@ def main():
             inputs = make_inputs(rng, args.batch, size, cin, cout)
             loss_weights = make_loss_weights(rng, args.batch, size, cout)
             conv_ms = None
+            baseline = None
             for variant in args.variants:
                 if time.perf_counter() - started > args.budget:
                     skipped.append(f"{label} {dtype} {variant}")
@@ -174,15 +186,19 @@ def main():
                 if args.hlo_dump:
                     name = f"{size}x{size}x{cin}x{cout}_{dtype}_{variant.replace(':', '-')}.hlo"
                     hlo_path = os.path.join(args.hlo_dump, name)
-                ms, peak, classes, top = measure(variant, inputs, loss_weights, dtype,
-                                                 hlo_path=hlo_path)
+                ms, peak, classes, top, outputs = measure(variant, inputs, loss_weights, dtype,
+                                                          hlo_path=hlo_path)
                 if variant == "conv":
                     conv_ms = ms
+                if variant == "xla":
+                    baseline = outputs
+                differs = ("n/a" if baseline is None or variant in ("conv", "xla")
+                           else f"{largest_difference(outputs, baseline):.1e}")
                 row = [label, dtype, variant, f"{ms:.3f}",
                        "n/a" if conv_ms is None else f"{ms / conv_ms:.2f}",
                        f"{sum(classes.values()):.3f}",
                        *(f"{classes[k]:.3f}" for k in CLASSES),
-                       "n/a" if peak is None else f"{peak / 2**20:.0f}",
+                       "n/a" if peak is None else f"{peak / 2**20:.0f}", differs,
                        "; ".join(f"{op} ({kind}) {d:.3f}" for op, kind, d in top)]
                 rows.append("| " + " | ".join(row) + " |")
                 print(rows[-1], flush=True)
@@ -196,7 +212,9 @@ def main():
         "`sum(c * y**2) / 2` (random weights `c` passed as an argument: the backward waits for "
         "the forward, as in training); the class "
         "columns are the traced GPU kernel time per call, classed by "
-        "`profile_step.kernel_class` (`convolution` includes the matmuls). Written by "
+        "`profile_step.kernel_class` (`convolution` includes the matmuls). `differs from xla` = "
+        "the largest max |difference| / max |xla's value| over the loss and the gradients, "
+        "against the default `xla` variant's (run before it). Written by "
         "`benchmarks/profile_dcn.py`; its docstring names the variants.",
         "",
         *rows,

@@ -117,16 +117,19 @@ def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
     # profile_dcn.py and training_step.py label their rows with these option
     # names: each must set the module attribute it names, and [] must give
     # back the defaults, or the next variant would run with the last one's.
+    from keras_centernet.ops import deform_conv_jax as jax_kernels
     from keras_centernet.ops import deform_conv_xla as xla
 
     common = _benchmark("common")
+    config = jax_kernels.DEFAULT_CONFIG
     names = ["KEEP_COLUMNS", "GATHER_FORM", "SCATTER_FORM", "SCATTER_DTYPE", "FORWARD",
-             "PAD_BARRIER", "TERMS_BARRIER", "PACKED_GATHER"]
+             "BACKWARD", "PAD_BARRIER", "TERMS_BARRIER", "PACKED_GATHER"]
     defaults = {name: getattr(xla, name) for name in names}
     expected = {
         "keep": ("KEEP_COLUMNS", True), "rows": ("GATHER_FORM", "rows"),
         "sortscatter": ("SCATTER_FORM", "sorted"), "lowscatter": ("SCATTER_DTYPE", "input"),
-        "pallasfwd": ("FORWARD", "pallas"), "padfused": ("PAD_BARRIER", False),
+        "pallasfwd": ("FORWARD", "pallas"), "pallasbwd": ("BACKWARD", "pallas"),
+        "padfused": ("PAD_BARRIER", False),
         "termsbarrier": ("TERMS_BARRIER", True), "packed": ("PACKED_GATHER", True),
     }
     try:
@@ -139,9 +142,19 @@ def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
             assert {n: getattr(xla, n) for n in names} == defaults
         with pytest.raises(ValueError, match="unknown DCN options"):
             common.set_dcn_xla_options(["nosuch"])
+        config = jax_kernels.DEFAULT_CONFIG
+        common.set_dcn_xla_options(["pallasbwd", "cfg.bwd_block_m=128", "cfg.bwd_warps=8"])
+        assert jax_kernels.DEFAULT_CONFIG == config._replace(bwd_block_m=128, bwd_warps=8)
+        assert xla.BACKWARD == "pallas"
+        common.set_dcn_xla_options([])
+        assert jax_kernels.DEFAULT_CONFIG == config
+        for bad in ("cfg.nosuch=1", "cfg.bwd_warps=four"):
+            with pytest.raises(ValueError, match="bad Pallas config option"):
+                common.set_dcn_xla_options([bad])
     finally:
         for name, value in defaults.items():
             setattr(xla, name, value)
+        jax_kernels.DEFAULT_CONFIG = config
 
 
 def test_case_xla_flags(benchmarks):

@@ -198,6 +198,109 @@ def _backward_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref, _dx_in,
     dw_ref[strip, pl.ds(k * cin + c0, block_c), :] = acc
 
 
+def _backward_columns_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref,
+                             dcol_ref, sums_ref, dw_ref, *, geom, cin, block_m,
+                             block_c, tiles_per_strip, precision):
+    """`_backward_kernel` without the input gradient: it writes the column gradient instead.
+
+    For a strip of pixel tiles and one kernel point's channel chunk: the
+    column gradient `g @ W_k^T`, rounded to the compute dtype as XLA's
+    matmul rounds it, is written to `dcol_ref` (for the input gradient's
+    scatter-add, which XLA sorts by destination: no atomic adds here); the
+    four channel sums with the re-gathered neighbours and the kernel
+    gradient are formed as in `_backward_kernel`.
+    """
+    strip = pl.program_id(0)
+    point = pl.program_id(1)
+    num_chunks = cin // block_c
+    k = lax.div(point, num_chunks)
+    chunk = point - k * num_chunks
+    c0 = chunk * block_c
+    compute_dtype = w_ref.dtype
+    dot_precision = _dot_precision(compute_dtype, precision)
+    w = w_ref[pl.ds(k * cin + c0, block_c), :]
+    cout = w.shape[1]
+
+    def step(t, acc):
+        m0 = (strip * tiles_per_strip + t) * block_m
+        top_left, ly, lx, weight, _ = _tile_terms(
+            off_ref, mask_ref, m0, block_m, k, geom
+        )
+        g = g_ref[pl.ds(m0, block_m), :]
+        d_columns = plgpu.dot(
+            g, w, trans_b=True, precision=dot_precision
+        ).astype(compute_dtype)
+        dcol_ref[pl.ds(m0, block_m), pl.ds(k * cin + c0, block_c)] = d_columns
+        d_columns = d_columns.astype(jnp.float32)
+        values = _gather_corners(x_ref, top_left, c0, block_c, geom)
+        columns = None
+        for corner, (value, corner_weight) in enumerate(
+            zip(values, corner_weights(ly, lx, weight))
+        ):
+            sums_ref[chunk, 4 * k + corner, pl.ds(m0, block_m)] = (
+                jnp.sum(d_columns * value, axis=1)
+            )
+            term = value * corner_weight[:, None]
+            columns = term if columns is None else columns + term
+        return acc + plgpu.dot(
+            columns.astype(compute_dtype), g, trans_a=True,
+            precision=dot_precision,
+        )
+
+    acc = lax.fori_loop(
+        0, tiles_per_strip, step, jnp.zeros((block_c, cout), jnp.float32)
+    )
+    dw_ref[strip, pl.ds(k * cin + c0, block_c), :] = acc
+
+
+def backward_columns_call(geom, cin, cout, compute_dtype, config, precision,
+                          interpret):
+    """The backward `pallas_call` without atomic adds.
+
+    `(x_flat, offsets, mask, w, g) -> (d_columns, sums, d_kernel_strips)`:
+    operands as in `forward_call`, `g` (m_pad, cout) in `compute_dtype`;
+    `d_columns` (m_pad, K * cin) in `compute_dtype`, `sums` (chunks, 4 * K,
+    m_pad) float32 (sum them over the chunks: `neighbour_sums`) and the
+    kernel gradient's (strips, K * cin, cout) float32 partial sums. `m_pad`
+    must be a multiple of `config.bwd_block_m`. The XLA version's backward
+    under its option `BACKWARD = "pallas"` (`deform_conv_xla.py`): XLA
+    scatters the column gradient into the input gradient.
+    """
+    block_c = min(config.block_c, cin)
+    block_m = config.bwd_block_m
+    num_points = geom.kh * geom.kw
+    num_chunks = cin // block_c
+    num_tiles = geom.m_pad // block_m
+    strips = _strips(num_tiles, num_points * num_chunks, config.bwd_programs)
+    kernel = functools.partial(
+        _backward_columns_kernel, geom=geom, cin=cin, block_m=block_m,
+        block_c=block_c, tiles_per_strip=num_tiles // strips,
+        precision=precision,
+    )
+    return pl.pallas_call(
+        kernel,
+        grid=(strips, num_points * num_chunks),
+        out_shape=(
+            jax.ShapeDtypeStruct((geom.m_pad, num_points * cin), compute_dtype),
+            jax.ShapeDtypeStruct((num_chunks, 4 * num_points, geom.m_pad), jnp.float32),
+            jax.ShapeDtypeStruct((strips, num_points * cin, cout), jnp.float32),
+        ),
+        compiler_params=plgpu.CompilerParams(
+            num_warps=config.bwd_warps, num_stages=config.bwd_stages
+        ),
+        interpret=interpret,
+        name="deform_conv2d_backward_columns",
+    )
+
+
+def neighbour_sums(sums, geom):
+    """`backward_columns_call`'s channel sums as (m_pad, K, 4), summed over chunks."""
+    num_points = geom.kh * geom.kw
+    return jnp.transpose(
+        jnp.sum(sums, axis=0).reshape(num_points, 4, geom.m_pad), (2, 0, 1)
+    )
+
+
 def _strips(num_tiles, points, target_programs):
     """Largest divisor of `num_tiles` giving about `target_programs` programs."""
     wanted = max(1, min(num_tiles, target_programs // max(points, 1)))
@@ -302,7 +405,7 @@ def _build(geom, cin, cout, x_dtype, compute_dtype, config, precision,
 def _offset_and_mask_grads(sums, offsets, mask, geom):
     """Offset and mask gradients from the four neighbour sums per sample."""
     num_points = geom.kh * geom.kw
-    sums = jnp.transpose(sums.reshape(num_points, 4, geom.m_pad), (2, 0, 1))
+    sums = neighbour_sums(sums[None], geom)
     rows = jnp.minimum(
         jnp.arange(geom.m_pad, dtype=jnp.int32),
         geom.batch * geom.out_h * geom.out_w - 1,

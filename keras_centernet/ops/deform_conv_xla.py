@@ -75,6 +75,12 @@ PACKED_GATHER = False
 # used where its shape rules hold: channels powers of two >= 16, output
 # pixels a multiple of its tile, columns not kept; else "xla").
 FORWARD = "xla"
+# The backward pass's column gradient, kernel gradient and channel sums:
+# "xla" (two matmuls and a gathering reduction) or "pallas" (one Pallas kernel
+# of deform_conv_jax.py, `backward_columns_call`, that keeps the sampled
+# columns in its tiles; XLA still scatters the input gradient), where the
+# shape rules of `FORWARD = "pallas"` hold.
+BACKWARD = "xla"
 
 Geometry = collections.namedtuple(
     "Geometry",
@@ -390,6 +396,21 @@ def _columns(x_rows, top_left, starts, corners, compute_dtype):
     return columns.astype(compute_dtype).reshape(columns.shape[0], -1)
 
 
+def _pallas_fits(x_rows, kernel_matrix, geom, block_m):
+    """Whether the Pallas kernels take these operands as they are (no padding).
+
+    Their tiles need channels that are powers of two of at least 16 and a
+    whole number of `block_m`-pixel tiles.
+    """
+    from keras_centernet.ops import deform_conv_jax
+
+    def fits(n):
+        return n == max(16, deform_conv_jax._next_power_of_2(n))
+
+    return (fits(x_rows.shape[-1]) and fits(kernel_matrix.shape[-1])
+            and geom.m_pad % block_m == 0)
+
+
 def _pallas_forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
     """The fused Pallas forward's (M, Cout) output, or None where it does not apply."""
     if FORWARD != "pallas" or keep_columns:
@@ -399,11 +420,7 @@ def _pallas_forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
     cin = x_rows.shape[-1]
     cout = kernel_matrix.shape[-1]
     config = deform_conv_jax.DEFAULT_CONFIG
-
-    def fits(n):  # no padding of the channels (deform_conv_jax's tile rule)
-        return n == max(16, deform_conv_jax._next_power_of_2(n))
-
-    if not (fits(cin) and fits(cout) and geom.m_pad % config.block_m == 0):
+    if not _pallas_fits(x_rows, kernel_matrix, geom, config.block_m):
         return None
     call = deform_conv_jax.forward_call(
         geom, cin, cout, kernel_matrix.dtype, config,
@@ -434,22 +451,54 @@ def _deform_matmul_fwd(x_rows, offsets, mask, kernel_matrix, geom, keep_columns)
     return out, (x_rows, offsets, mask, kernel_matrix, kept)
 
 
+def _pallas_backward(x_rows, offsets, mask, kernel_matrix, g, geom, keep_columns):
+    """`(d_columns, sums, d_kernel)` from the Pallas backward kernel, or None where it does not apply.
+
+    `d_columns` (M, K, C) in the compute dtype, `sums` (M, K, 4) float32, as
+    `_deform_matmul_bwd` forms them with XLA; `d_kernel` float32.
+    """
+    if BACKWARD != "pallas" or keep_columns:
+        return None
+    from keras_centernet.ops import deform_conv_jax
+
+    config = deform_conv_jax.DEFAULT_CONFIG
+    if not _pallas_fits(x_rows, kernel_matrix, geom, config.bwd_block_m):
+        return None
+    cin = x_rows.shape[-1]
+    call = deform_conv_jax.backward_columns_call(
+        geom, cin, kernel_matrix.shape[-1], kernel_matrix.dtype, config,
+        deform_conv_jax._default_precision(), jax.default_backend() != "gpu",
+    )
+    d_columns, sums, d_kernel = call(
+        x_rows.reshape(-1, cin), offsets, mask, kernel_matrix, g)
+    return (
+        d_columns.reshape(geom.m_pad, geom.kh * geom.kw, cin),
+        deform_conv_jax.neighbour_sums(sums, geom),
+        jnp.sum(d_kernel, axis=0),
+    )
+
+
 def _deform_matmul_bwd(geom, keep_columns, residuals, g):
     x_rows, offsets, mask, kernel_matrix, columns = residuals
     num_points = geom.kh * geom.kw
     cin = x_rows.shape[-1]
     top_left, starts, corners, terms = _sampling(offsets, mask, geom)
     g = g.astype(kernel_matrix.dtype)
-    if columns is None:
-        columns = _columns(x_rows, top_left, starts, corners, kernel_matrix.dtype)
-    d_kernel = jnp.matmul(columns.T, g)
-    d_columns = jnp.matmul(g, kernel_matrix.T).reshape(geom.m_pad, num_points, cin)
-    d_columns = d_columns.astype(jnp.float32)
-    sums = jnp.stack(
-        [jnp.sum(d_columns * value.astype(jnp.float32), axis=-1)
-         for value in _neighbours(x_rows, top_left, starts)],
-        axis=-1,
-    )
+    fused = _pallas_backward(x_rows, offsets, mask, kernel_matrix, g, geom, keep_columns)
+    if fused is not None:
+        d_columns, sums, d_kernel = fused
+        d_columns = d_columns.astype(jnp.float32)
+    else:
+        if columns is None:
+            columns = _columns(x_rows, top_left, starts, corners, kernel_matrix.dtype)
+        d_kernel = jnp.matmul(columns.T, g)
+        d_columns = jnp.matmul(g, kernel_matrix.T).reshape(geom.m_pad, num_points, cin)
+        d_columns = d_columns.astype(jnp.float32)
+        sums = jnp.stack(
+            [jnp.sum(d_columns * value.astype(jnp.float32), axis=-1)
+             for value in _neighbours(x_rows, top_left, starts)],
+            axis=-1,
+        )
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
     d_x = input_gradient(
         x_rows.shape, top_left, d_columns, corner_grid(corners),

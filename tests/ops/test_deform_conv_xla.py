@@ -124,17 +124,22 @@ def test_hand_computed_gradients_of_one_sample(xla):
     np.testing.assert_allclose(np.asarray(dkernel).ravel(), [0.5 * 2.0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("scatter_dtype", [None, "input"])
-def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla, monkeypatch, scatter_dtype):
+@pytest.mark.parametrize("scatter_dtype, backward", [(None, "xla"), ("input", "xla"),
+                                                     (None, "pallas")])
+def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla, monkeypatch, scatter_dtype,
+                                                              backward):
     # Mixed precision: bf16 input, kernel and bias, float32 offsets and mask.
     # The truth is the float32 reference on the same (bf16-rounded) values;
     # the XLA version must be about as close to it as the reference run in
     # bf16 (both round the columns and the products to bf16, in different
     # orders of float32 sums); with `SCATTER_DTYPE = "input"` the input
-    # gradient is summed in bf16, as the reference's automatic gradient does.
+    # gradient is summed in bf16, as the reference's automatic gradient does;
+    # with `BACKWARD = "pallas"` (whose tiles take these shapes) the column
+    # gradient, channel sums and kernel gradient come from the Pallas kernel.
     import jax.numpy as jnp
 
     monkeypatch.setattr(xla, "SCATTER_DTYPE", scatter_dtype)
+    monkeypatch.setattr(xla, "BACKWARD", backward)
     x, offsets, mask, kernel, bias = _random_inputs(rng, 2, 8, 8, 16, 16, 8, 8)
     bf16 = [jnp.asarray(a, jnp.bfloat16) for a in (x, kernel, bias)]
     args = (bf16[0], offsets, mask, bf16[1], bf16[2])
@@ -178,6 +183,69 @@ def test_pallas_forward_option_matches_reference(rng, xla, monkeypatch):
     assert_close_to_reference(out, ref_out, "out")
     for name, grad, ref in zip(GRADIENT_NAMES, grads, ref_grads):
         assert_close_to_reference(grad, ref, f"d_{name}")
+
+
+@pytest.mark.parametrize("forward", ["xla", "pallas"])
+@pytest.mark.parametrize(
+    "strides, dilation, padding, cin, cout",
+    [(1, 1, 1, 32, 16), (2, 1, 1, 16, 32), (1, 2, 2, 16, 16)],
+)
+def test_pallas_backward_option_matches_reference(rng, xla, monkeypatch, forward, strides,
+                                                  dilation, padding, cin, cout):
+    # BACKWARD = "pallas": the column gradient, the channel sums and the
+    # kernel gradient from one Pallas kernel (the interpreter here), the input
+    # gradient from XLA's scatter. Small tiles, so that 2 x 8 x 8 output
+    # pixels span several pixel tiles and kernel-gradient strips, and 32
+    # input channels two channel chunks.
+    from keras_centernet.ops import deform_conv_jax
+
+    calls = []
+    original = deform_conv_jax.backward_columns_call
+    monkeypatch.setattr(deform_conv_jax, "backward_columns_call",
+                        lambda *a: calls.append(a) or original(*a))
+    monkeypatch.setattr(deform_conv_jax, "DEFAULT_CONFIG", deform_conv_jax.DEFAULT_CONFIG._replace(
+        block_m=32, block_c=16, block_n=16, bwd_block_m=32, bwd_programs=64))
+    monkeypatch.setattr(xla, "FORWARD", forward)
+    monkeypatch.setattr(xla, "BACKWARD", "pallas")
+    size = 8 * strides
+    args = _random_inputs(rng, 2, size, size, cin, cout, 8, 8, scale=2.5)
+    g = rng.normal(size=(2, 8, 8, cout)).astype("float32")
+
+    def fn(x, offsets, mask, kernel, bias):
+        return xla.deform_conv2d(x, offsets, mask, kernel, bias, strides=strides,
+                                 padding=padding, dilation=dilation)
+
+    def ref(x, offsets, mask, kernel, bias):
+        return xla_reference(x, offsets, mask, kernel, bias, strides=strides,
+                             padding=padding, dilation=dilation)
+
+    out, grads = _value_and_grads(fn, args, g)
+    geom, cin_seen = calls[0][0], calls[0][1]
+    assert (geom.m_pad, cin_seen) == (128, cin), "the Pallas backward did not run"
+    ref_out, ref_grads = _value_and_grads(ref, args, g)
+    assert_close_to_reference(out, ref_out, "out")
+    for name, grad, expected in zip(GRADIENT_NAMES, grads, ref_grads):
+        assert_close_to_reference(grad, expected, f"d_{name}")
+
+
+def test_pallas_backward_falls_back_where_its_tiles_do_not_fit(rng, xla, monkeypatch):
+    # 12 input channels (not a power of two) or 2 x 5 x 5 output pixels (not
+    # a whole number of tiles): XLA's backward runs, with the same gradients.
+    from keras_centernet.ops import deform_conv_jax
+
+    def refuse(*args):
+        raise AssertionError("the Pallas backward ran on operands it does not take")
+
+    monkeypatch.setattr(deform_conv_jax, "backward_columns_call", refuse)
+    monkeypatch.setattr(xla, "BACKWARD", "pallas")
+    for cin, size in ((12, 8), (16, 5)):
+        args = _random_inputs(rng, 2, size, size, cin, 16, size, size)
+        g = rng.normal(size=(2, size, size, 16)).astype("float32")
+        out, grads = _value_and_grads(xla.deform_conv2d, args, g)
+        ref_out, ref_grads = _value_and_grads(xla_reference, args, g)
+        assert_close_to_reference(out, ref_out, "out")
+        for name, grad, expected in zip(GRADIENT_NAMES, grads, ref_grads):
+            assert_close_to_reference(grad, expected, f"d_{name}")
 
 
 @pytest.mark.parametrize(
