@@ -25,8 +25,10 @@
 # training_step.md): 8's bf16 profile alone (neither option helps: both stay off), and 9. Then, a
 # later session of 2026-12-07: 10 (one H100; results/profile_bn.md, profile_step.md) and phase 2's
 # bf16 rows without augmentation (one-pass BatchNorm). A third session of 2026-12-07: 12 (one
-# H100; training_step.md). Still to run: 11; 2's fp32 and augmentation rows; 3 with the final
-# code. 8's DLA-34 steps are moot.
+# H100; training_step.md). A fourth session of 2026-12-07: 13, trimmed by hand to the device time
+# left (its profile's first five variants on shapes 0 and 1, then the pallasfwd,pallasbwd step
+# alone), and three tile sweeps of pallasbwd (profile_dcn.md section 9). Still to run: 11; 2's
+# fp32 and augmentation rows; 3 with the final code. 8's DLA-34 steps are moot.
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only

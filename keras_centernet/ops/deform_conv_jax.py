@@ -24,7 +24,11 @@ than XLA's gather + matmul, and its backward needs more shared memory than the
 GPU has with 512 input channels under the default tiles, so it is not the
 default (under JAX that is `deform_conv_xla.py`); the kernels' memory is ~4x
 lower. The forward kernel alone also serves as the XLA version's forward pass
-under its option `FORWARD = "pallas"` (`forward_call`).
+under its option `FORWARD = "pallas"` (`forward_call`), and a backward kernel
+without the atomic adds, which writes the column gradient for XLA's sorted
+scatter instead, as its backward under `BACKWARD = "pallas"`
+(`backward_columns_call`; slower than XLA's on an H100, see
+benchmarks/results/profile_dcn.md section 9).
 """
 
 import collections
