@@ -22,6 +22,10 @@ destination), and `lowscatter` (it is scattered in the input's dtype, bfloat16 u
 precision, as the reference's automatic gradient does, instead of float32),
 `pallasfwd` (the forward pass is the fused Pallas kernel of
 `deform_conv_jax.py`, which writes no column tensor; the backward is XLA's),
+`pallasbwd` (the column gradient, channel sums and kernel gradient come from
+one Pallas kernel, `deform_conv_xla.BACKWARD = "pallas"`), `cfg.FIELD=N` (the
+Pallas kernels' tile setting `FIELD` of `deform_conv_jax.KernelConfig` set to
+`N`, e.g. `cfg.bwd_stages=1`),
 `padfused` (the zero padding is left for XLA to fuse into every gather, with
 a bounds test per gathered element, instead of being written once,
 `deform_conv_xla.PAD_BARRIER`), `termsbarrier` (each sample's window start and
@@ -95,7 +99,9 @@ def make_loss(variant):
 
 
 def measure(variant, inputs, loss_weights, dtype, profile_calls=3, hlo_path=None):
-    """f+b ms, peak bytes, `{class: ms}`, the heaviest kernels and the loss and gradients (float32 numpy arrays) of one variant on one input.
+    """One variant on one input: f+b ms, peak bytes, `{class: ms}`, the heaviest kernels, outputs.
+
+    The outputs are the loss and its gradients as float32 numpy arrays.
 
     With `hlo_path`, the optimised HLO of the compiled function (its fusions'
     bodies: which operations each GPU kernel holds) is written there.
