@@ -152,67 +152,18 @@ def _scatter_add(ref, rows, c0, width, values, keep, interpret):
         )
 
 
-def _backward_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref, _dx_in,
-                     dx_ref, sums_ref, dw_ref, *, geom, cin, block_m, block_c,
-                     tiles_per_strip, precision, interpret):
-    strip = pl.program_id(0)
-    point = pl.program_id(1)
-    num_chunks = cin // block_c
-    k = lax.div(point, num_chunks)
-    chunk = point - k * num_chunks
-    c0 = chunk * block_c
-    compute_dtype = w_ref.dtype
-    dot_precision = _dot_precision(compute_dtype, precision)
-    w = w_ref[pl.ds(k * cin + c0, block_c), :]
-    cout = w.shape[1]
+def _backward_strip(x_ref, off_ref, mask_ref, w_ref, g_ref, sums_ref, dw_ref,
+                    emit, *, geom, cin, block_m, block_c, tiles_per_strip,
+                    precision, round_columns):
+    """The body of both backward kernels: one strip of pixel tiles, one kernel point's channel chunk.
 
-    def step(t, acc):
-        m0 = (strip * tiles_per_strip + t) * block_m
-        top_left, ly, lx, weight, _ = _tile_terms(
-            off_ref, mask_ref, m0, block_m, k, geom
-        )
-        g = g_ref[pl.ds(m0, block_m), :]
-        d_columns = plgpu.dot(g, w, trans_b=True, precision=dot_precision)
-        values = _gather_corners(x_ref, top_left, c0, block_c, geom)
-        keep = weight != 0.0
-        columns = None
-        corners = corner_weights(ly, lx, weight)
-        for corner, (rows, value, corner_weight) in enumerate(
-            zip(_corner_rows(top_left, geom), values, corners)
-        ):
-            # Channel sums of d_columns * neighbour: the offset and mask
-            # gradients follow from these four numbers per pixel and point.
-            sums_ref[chunk, 4 * k + corner, pl.ds(m0, block_m)] = (
-                jnp.sum(d_columns * value, axis=1)
-            )
-            _scatter_add(
-                dx_ref, rows, c0, block_c,
-                d_columns * corner_weight[:, None], keep, interpret,
-            )
-            term = value * corner_weight[:, None]
-            columns = term if columns is None else columns + term
-        return acc + plgpu.dot(
-            columns.astype(compute_dtype), g, trans_a=True,
-            precision=dot_precision,
-        )
-
-    acc = lax.fori_loop(
-        0, tiles_per_strip, step, jnp.zeros((block_c, cout), jnp.float32)
-    )
-    dw_ref[strip, pl.ds(k * cin + c0, block_c), :] = acc
-
-
-def _backward_columns_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref,
-                             dcol_ref, sums_ref, dw_ref, *, geom, cin, block_m,
-                             block_c, tiles_per_strip, precision):
-    """`_backward_kernel` without the input gradient: it writes the column gradient instead.
-
-    For a strip of pixel tiles and one kernel point's channel chunk: the
-    column gradient `g @ W_k^T`, rounded to the compute dtype as XLA's
-    matmul rounds it, is written to `dcol_ref` (for the input gradient's
-    scatter-add, which XLA sorts by destination: no atomic adds here); the
-    four channel sums with the re-gathered neighbours and the kernel
-    gradient are formed as in `_backward_kernel`.
+    For each tile the column gradient `g @ W_k^T` stays in registers (rounded
+    to the compute dtype first with `round_columns`, as XLA's matmul rounds
+    it); `emit(m0, k, c0, top_left, d_columns, corners, keep)` takes it to
+    the input gradient. From it and the re-gathered neighbours come the four
+    channel sums that give the offset and mask gradients (`sums_ref`) and
+    the kernel gradient (`columns^T @ g`, accumulated over the strip and
+    written to `dw_ref`, summed over strips afterwards).
     """
     strip = pl.program_id(0)
     point = pl.program_id(1)
@@ -231,16 +182,16 @@ def _backward_columns_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref,
             off_ref, mask_ref, m0, block_m, k, geom
         )
         g = g_ref[pl.ds(m0, block_m), :]
-        d_columns = plgpu.dot(
-            g, w, trans_b=True, precision=dot_precision
-        ).astype(compute_dtype)
-        dcol_ref[pl.ds(m0, block_m), pl.ds(k * cin + c0, block_c)] = d_columns
-        d_columns = d_columns.astype(jnp.float32)
+        d_columns = plgpu.dot(g, w, trans_b=True, precision=dot_precision)
+        if round_columns:
+            d_columns = d_columns.astype(compute_dtype).astype(jnp.float32)
         values = _gather_corners(x_ref, top_left, c0, block_c, geom)
+        corners = corner_weights(ly, lx, weight)
+        emit(m0, k, c0, top_left, d_columns, corners, weight != 0.0)
         columns = None
-        for corner, (value, corner_weight) in enumerate(
-            zip(values, corner_weights(ly, lx, weight))
-        ):
+        for corner, (value, corner_weight) in enumerate(zip(values, corners)):
+            # Channel sums of d_columns * neighbour: the offset and mask
+            # gradients follow from these four numbers per pixel and point.
             sums_ref[chunk, 4 * k + corner, pl.ds(m0, block_m)] = (
                 jnp.sum(d_columns * value, axis=1)
             )
@@ -255,6 +206,42 @@ def _backward_columns_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref,
         0, tiles_per_strip, step, jnp.zeros((block_c, cout), jnp.float32)
     )
     dw_ref[strip, pl.ds(k * cin + c0, block_c), :] = acc
+
+
+def _backward_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref, _dx_in,
+                     dx_ref, sums_ref, dw_ref, *, block_c, interpret, **kwargs):
+    """The fused backward: the input gradient by atomic adds into `dx_ref`."""
+
+    def emit(m0, k, c0, top_left, d_columns, corners, keep):
+        del m0, k
+        for rows, corner_weight in zip(_corner_rows(top_left, kwargs["geom"]), corners):
+            _scatter_add(
+                dx_ref, rows, c0, block_c, d_columns * corner_weight[:, None],
+                keep, interpret,
+            )
+
+    _backward_strip(x_ref, off_ref, mask_ref, w_ref, g_ref, sums_ref, dw_ref,
+                    emit, block_c=block_c, round_columns=False, **kwargs)
+
+
+def _backward_columns_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref,
+                             dcol_ref, sums_ref, dw_ref, *, block_m, block_c,
+                             cin, **kwargs):
+    """The backward without atomic adds: the column gradient goes to `dcol_ref`.
+
+    It is rounded to the compute dtype as XLA's matmul rounds it, for the
+    input gradient's scatter-add, which XLA sorts by destination.
+    """
+
+    def emit(m0, k, c0, top_left, d_columns, corners, keep):
+        del top_left, corners, keep
+        dcol_ref[pl.ds(m0, block_m), pl.ds(k * cin + c0, block_c)] = (
+            d_columns.astype(dcol_ref.dtype)
+        )
+
+    _backward_strip(x_ref, off_ref, mask_ref, w_ref, g_ref, sums_ref, dw_ref,
+                    emit, block_m=block_m, block_c=block_c, cin=cin,
+                    round_columns=True, **kwargs)
 
 
 def backward_columns_call(geom, cin, cout, compute_dtype, config, precision,
