@@ -16,6 +16,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 11  # hourglass104 bf16 step: kernel gradients' transposes kept out of Adam's update
 #   bash benchmarks/gpu_dcn_calls.sh 12  # hourglass104 bf16 (+ augmented) training_step, kernel gradients fused into Adam / routed
 #   bash benchmarks/gpu_dcn_calls.sh 13  # profile_dcn.py: the Pallas backward and its tiles + DLA-34 bf16 steps with it
+#   bash benchmarks/gpu_dcn_calls.sh 14  # DLA-34 bf16 steps: the default and both Pallas passes at the best backward tiles
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -28,14 +29,14 @@
 # H100; training_step.md). A fourth session of 2026-12-07: 13, trimmed by hand to the device time
 # left (its profile's first five variants on shapes 0 and 1, then the pallasfwd,pallasbwd step
 # alone), and three tile sweeps of pallasbwd (profile_dcn.md section 9). Still to run: 11; 2's
-# fp32 and augmentation rows; 3 with the final code. 8's DLA-34 steps are moot.
+# fp32 and augmentation rows; 3 with the final code; 14. 8's DLA-34 steps are moot.
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1 to 13"}
+phase=${1:?"phase: 1 to 14"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -44,11 +45,14 @@ export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name --format=csv,noheader
 
 step() {  # one DLA-34 bf16 training step with the XLA DCN's benchmark options $1
-  local name=step_${1:-default}
+  # File names from $OUT may hold letters, digits, '.', '_' and '-' only.
+  local name
+  name=step_$(echo "${1:-default}" | tr ',=' '__')
   BENCH_DCN_XLA_OPTIONS=$1 timeout 95 python3 benchmarks/training_step.py --presets dla34 \
     --dtypes mixed_bfloat16 --skip-render --augment-presets --steps 10 \
     --output /tmp/gpu_dcn_work/$name.md 2>&1 | grep -E "^dla34|Error" | cut -c1-300
-  cp /tmp/gpu_dcn_work/$name.md "$OUT/" 2>/dev/null
+  # The json joins training_step.json with `training_step.py --render-only --merge`.
+  cp /tmp/gpu_dcn_work/$name.md /tmp/gpu_dcn_work/$name.json "$OUT/" 2>/dev/null
 }
 
 case $phase in
@@ -160,5 +164,12 @@ case $phase in
     step ""
     step pallasfwd,pallasbwd
     ;;
-  *) echo "unknown phase $phase (1 to 13)" >&2; exit 2 ;;
+  14)
+    # DLA-34 bf16 steps in one call: the default, then both Pallas passes at the backward's best
+    # tiles of profile_dcn.md section 9 (32768 programs, one stage; at the default tiles the pair
+    # was as fast as the default and 5.6 GiB lighter).
+    step ""
+    step pallasfwd,pallasbwd,cfg.bwd_programs=32768,cfg.bwd_stages=1
+    ;;
+  *) echo "unknown phase $phase (1 to 14)" >&2; exit 2 ;;
 esac
