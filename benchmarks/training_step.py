@@ -243,9 +243,9 @@ def merge_result(results, case, values):
         if prior is not None and "error" not in prior:
             return
     else:
-        base = case.split("@")[0]
         for other in [k for k, v in results.items() if "error" in v and k != key]:
-            if other.split("@")[0] == base and results[other].get("gpu") == values.get("gpu"):
+            if (common.base_case(other) == common.base_case(case)
+                    and results[other].get("gpu") == values.get("gpu")):
                 del results[other]
     results[key] = values
 

@@ -142,7 +142,6 @@ def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
             assert {n: getattr(xla, n) for n in names} == defaults
         with pytest.raises(ValueError, match="unknown DCN options"):
             common.set_dcn_xla_options(["nosuch"])
-        config = jax_kernels.DEFAULT_CONFIG
         common.set_dcn_xla_options(["pallasbwd", "cfg.bwd_block_m=128", "cfg.bwd_warps=8"])
         assert jax_kernels.DEFAULT_CONFIG == config._replace(bwd_block_m=128, bwd_warps=8)
         assert xla.BACKWARD == "pallas"

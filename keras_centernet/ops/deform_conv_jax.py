@@ -209,19 +209,19 @@ def _backward_strip(x_ref, off_ref, mask_ref, w_ref, g_ref, sums_ref, dw_ref,
 
 
 def _backward_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref, _dx_in,
-                     dx_ref, sums_ref, dw_ref, *, block_c, interpret, **kwargs):
+                     dx_ref, sums_ref, dw_ref, *, geom, block_c, interpret, **kwargs):
     """The fused backward: the input gradient by atomic adds into `dx_ref`."""
 
     def emit(m0, k, c0, top_left, d_columns, corners, keep):
         del m0, k
-        for rows, corner_weight in zip(_corner_rows(top_left, kwargs["geom"]), corners):
+        for rows, corner_weight in zip(_corner_rows(top_left, geom), corners):
             _scatter_add(
                 dx_ref, rows, c0, block_c, d_columns * corner_weight[:, None],
                 keep, interpret,
             )
 
     _backward_strip(x_ref, off_ref, mask_ref, w_ref, g_ref, sums_ref, dw_ref,
-                    emit, block_c=block_c, round_columns=False, **kwargs)
+                    emit, geom=geom, block_c=block_c, round_columns=False, **kwargs)
 
 
 def _backward_columns_kernel(x_ref, off_ref, mask_ref, w_ref, g_ref,
@@ -378,9 +378,7 @@ def _build(geom, cin, cout, x_dtype, compute_dtype, config, precision,
             interpret=interpret,
             name="deform_conv2d_backward",
         )(x, offsets, mask, w, g, jnp.zeros((padded_rows, cin), jnp.float32))
-        d_offsets, d_mask = _offset_and_mask_grads(
-            jnp.sum(sums, axis=0), offsets, mask, geom
-        )
+        d_offsets, d_mask = _offset_and_mask_grads(sums, offsets, mask, geom)
         return (
             dx.astype(x.dtype),
             d_offsets,
@@ -394,9 +392,9 @@ def _build(geom, cin, cout, x_dtype, compute_dtype, config, precision,
 
 
 def _offset_and_mask_grads(sums, offsets, mask, geom):
-    """Offset and mask gradients from the four neighbour sums per sample."""
+    """Offset and mask gradients from the backward kernel's per-chunk neighbour sums."""
     num_points = geom.kh * geom.kw
-    sums = neighbour_sums(sums[None], geom)
+    sums = neighbour_sums(sums, geom)
     rows = jnp.minimum(
         jnp.arange(geom.m_pad, dtype=jnp.int32),
         geom.batch * geom.out_h * geom.out_w - 1,

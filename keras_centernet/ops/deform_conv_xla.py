@@ -458,8 +458,9 @@ def _deform_matmul_fwd(x_rows, offsets, mask, kernel_matrix, geom, keep_columns)
 def _pallas_backward(x_rows, offsets, mask, kernel_matrix, g, geom, keep_columns):
     """`(d_columns, sums, d_kernel)` from the Pallas backward kernel, or None where it does not apply.
 
-    `d_columns` (M, K, C) in the compute dtype, `sums` (M, K, 4) float32, as
-    `_deform_matmul_bwd` forms them with XLA; `d_kernel` float32.
+    `d_columns` (M, K, C) float32 (rounded to the compute dtype, as XLA's
+    matmul rounds it), `sums` (M, K, 4) float32, as `_deform_matmul_bwd`
+    forms them with XLA; `d_kernel` float32.
     """
     if BACKWARD != "pallas" or keep_columns:
         return None
@@ -476,7 +477,7 @@ def _pallas_backward(x_rows, offsets, mask, kernel_matrix, g, geom, keep_columns
     d_columns, sums, d_kernel = call(
         x_rows.reshape(-1, cin), offsets, mask, kernel_matrix, g)
     return (
-        d_columns.reshape(geom.m_pad, geom.kh * geom.kw, cin),
+        d_columns.reshape(geom.m_pad, geom.kh * geom.kw, cin).astype(jnp.float32),
         deform_conv_jax.neighbour_sums(sums, geom),
         jnp.sum(d_kernel, axis=0),
     )
@@ -491,7 +492,6 @@ def _deform_matmul_bwd(geom, keep_columns, residuals, g):
     fused = _pallas_backward(x_rows, offsets, mask, kernel_matrix, g, geom, keep_columns)
     if fused is not None:
         d_columns, sums, d_kernel = fused
-        d_columns = d_columns.astype(jnp.float32)
     else:
         if columns is None:
             columns = _columns(x_rows, top_left, starts, corners, kernel_matrix.dtype)

@@ -138,6 +138,12 @@ def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla, monkeypa
     # gradient, channel sums and kernel gradient come from the Pallas kernel.
     import jax.numpy as jnp
 
+    from keras_centernet.ops import deform_conv_jax
+
+    calls = []
+    original = deform_conv_jax.backward_columns_call
+    monkeypatch.setattr(deform_conv_jax, "backward_columns_call",
+                        lambda *a: calls.append(a) or original(*a))
     monkeypatch.setattr(xla, "SCATTER_DTYPE", scatter_dtype)
     monkeypatch.setattr(xla, "BACKWARD", backward)
     x, offsets, mask, kernel, bias = _random_inputs(rng, 2, 8, 8, 16, 16, 8, 8)
@@ -151,6 +157,7 @@ def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla, monkeypa
     true_out, true_grads = _value_and_grads(xla_reference, truth_args, g)
     assert out.dtype == jnp.bfloat16
     assert [a.dtype for a in grads] == [a.dtype for a in ref_grads]
+    assert bool(calls) == (backward == "pallas"), "BACKWARD did not pick the backward that ran"
 
     def error(a, b):
         a = np.asarray(a, "float32")
