@@ -16,7 +16,8 @@
 #   bash benchmarks/gpu_dcn_calls.sh 11  # hourglass104 bf16 step: kernel gradients' transposes kept out of Adam's update
 #   bash benchmarks/gpu_dcn_calls.sh 12  # hourglass104 bf16 (+ augmented) training_step, kernel gradients fused into Adam / routed
 #   bash benchmarks/gpu_dcn_calls.sh 13  # profile_dcn.py: the Pallas backward and its tiles + DLA-34 bf16 steps with it
-#   bash benchmarks/gpu_dcn_calls.sh 14  # DLA-34 bf16 steps: the default and both Pallas passes at the best backward tiles
+#   bash benchmarks/gpu_dcn_calls.sh 14  # DLA-34 bf16 steps: the default and both Pallas passes at the best backward tiles;
+#                                        # the default resnet18_dcn bf16 step
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -44,13 +45,13 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name --format=csv,noheader
 
-step() {  # one DLA-34 bf16 training step with the XLA DCN's benchmark options $1
+step() {  # one bf16 training step (preset $2, DLA-34 by default) with the XLA DCN's options $1
   # File names from $OUT may hold letters, digits, '.', '_' and '-' only.
-  local name
-  name=step_$(echo "${1:-default}" | tr ',=' '__')
-  BENCH_DCN_XLA_OPTIONS=$1 timeout 95 python3 benchmarks/training_step.py --presets dla34 \
+  local name preset=${2:-dla34}
+  name=step_${preset}_$(echo "${1:-default}" | tr ',=' '__')
+  BENCH_DCN_XLA_OPTIONS=$1 timeout 95 python3 benchmarks/training_step.py --presets $preset \
     --dtypes mixed_bfloat16 --skip-render --augment-presets --steps 10 \
-    --output /tmp/gpu_dcn_work/$name.md 2>&1 | grep -E "^dla34|Error" | cut -c1-300
+    --output /tmp/gpu_dcn_work/$name.md 2>&1 | grep -E "^$preset|Error" | cut -c1-300
   # The json joins training_step.json with `training_step.py --render-only --merge`.
   cp /tmp/gpu_dcn_work/$name.md /tmp/gpu_dcn_work/$name.json "$OUT/" 2>/dev/null
 }
@@ -168,8 +169,11 @@ case $phase in
     # DLA-34 bf16 steps in one call: the default, then both Pallas passes at the backward's best
     # tiles of profile_dcn.md section 9 (32768 programs, one stage; at the default tiles the pair
     # was as fast as the default and 5.6 GiB lighter).
+    # Then the plain resnet18_dcn bf16 row with the kernel gradients routed (the dla34 one is
+    # the first step here).
     step ""
     step pallasfwd,pallasbwd,cfg.bwd_programs=32768,cfg.bwd_stages=1
+    step "" resnet18_dcn
     ;;
   *) echo "unknown phase $phase (1 to 14)" >&2; exit 2 ;;
 esac
