@@ -29,8 +29,11 @@
 # bf16 rows without augmentation (one-pass BatchNorm). A third session of 2026-12-07: 12 (one
 # H100; training_step.md). A fourth session of 2026-12-07: 13, trimmed by hand to the device time
 # left (its profile's first five variants on shapes 0 and 1, then the pallasfwd,pallasbwd step
-# alone), and three tile sweeps of pallasbwd (profile_dcn.md section 9). Still to run: 11; 2's
-# fp32 and augmentation rows; 3 with the final code; 14. 8's DLA-34 steps are moot.
+# alone), and three tile sweeps of pallasbwd (profile_dcn.md section 9). A fifth session of
+# 2026-12-07 (one H100; training_step.md, deform_conv_xla.md): 14 (its DLA-34 steps ran past the
+# then 95 s per step on the cold machine and were rerun by hand on the warm one), then by hand on
+# the same machine 2's fp32 rows without augmentation and 3 without batch 1. Still to run: 11.
+# 8's DLA-34 steps are moot.
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only
@@ -49,7 +52,8 @@ step() {  # one bf16 training step (preset $2, DLA-34 by default) with the XLA D
   # File names from $OUT may hold letters, digits, '.', '_' and '-' only.
   local name preset=${2:-dla34}
   name=step_${preset}_$(echo "${1:-default}" | tr ',=' '__')
-  BENCH_DCN_XLA_OPTIONS=$1 timeout 95 python3 benchmarks/training_step.py --presets $preset \
+  # A cold machine compiles a DLA-34 step in about 85 s.
+  BENCH_DCN_XLA_OPTIONS=$1 timeout 160 python3 benchmarks/training_step.py --presets $preset \
     --dtypes mixed_bfloat16 --skip-render --augment-presets --steps 10 \
     --output /tmp/gpu_dcn_work/$name.md 2>&1 | grep -E "^$preset|Error" | cut -c1-300
   # The json joins training_step.json with `training_step.py --render-only --merge`.
