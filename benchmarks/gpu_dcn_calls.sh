@@ -32,8 +32,9 @@
 # alone), and three tile sweeps of pallasbwd (profile_dcn.md section 9). A fifth session of
 # 2026-12-07 (one H100; training_step.md, deform_conv_xla.md): 14 (its DLA-34 steps ran past the
 # then 95 s per step on the cold machine and were rerun by hand on the warm one), then by hand on
-# the same machine 2's fp32 rows without augmentation and 3 without batch 1. Still to run: 11.
-# 8's DLA-34 steps are moot.
+# the same machine 2's fp32 rows without augmentation and 3 without batch 1. Not run, and moot:
+# 11 (12 measured the routing it was to motivate, which is the default since) and 8's DLA-34
+# steps.
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only
