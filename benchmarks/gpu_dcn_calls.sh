@@ -18,6 +18,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 13  # profile_dcn.py: the Pallas backward and its tiles + DLA-34 bf16 steps with it
 #   bash benchmarks/gpu_dcn_calls.sh 14  # DLA-34 bf16 steps: the default and both Pallas passes at the best backward tiles;
 #                                        # the default resnet18_dcn bf16 step
+#   bash benchmarks/gpu_dcn_calls.sh 15  # probe_tma_gather.py: one TMA box copy per DCN window against XLA's gather
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -34,14 +35,14 @@
 # then 95 s per step on the cold machine and were rerun by hand on the warm one), then by hand on
 # the same machine 2's fp32 rows without augmentation and 3 without batch 1. Not run, and moot:
 # 11 (12 measured the routing it was to motivate, which is the default since) and 8's DLA-34
-# steps.
+# steps. Still to run: 15 (no machine came for it that session).
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1 to 14"}
+phase=${1:?"phase: 1 to 15"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -180,5 +181,11 @@ case $phase in
     step pallasfwd,pallasbwd,cfg.bwd_programs=32768,cfg.bwd_stages=1
     step "" resnet18_dcn
     ;;
-  *) echo "unknown phase $phase (1 to 14)" >&2; exit 2 ;;
+  15)
+    # Whether a Mosaic GPU DCN could gather its windows with one TMA copy each faster than XLA
+    # (profile_dcn.md section 10): 4.7M windows of 128x128x64, batch 32, four block sizes.
+    timeout 280 python3 benchmarks/probe_tma_gather.py --blocks 32 64 128 256 \
+      --output "$OUT/probe_tma_gather.md" 2>&1 | grep -E "^\||^\(|Error" | cut -c1-600
+    ;;
+  *) echo "unknown phase $phase (1 to 15)" >&2; exit 2 ;;
 esac
