@@ -162,8 +162,8 @@ def main():
                     np.testing.assert_array_equal(np.asarray(out[s].astype(jnp.float32)), want)
             same = bool(jnp.array_equal(out, expected))
             ms = time_ms(compiled, x_pad, starts)
-            rows.append((name, f"{ms:.3f}", f"{written / ms / 1e9:.2f}",
-                         f"{samples / ms / 1e6:.0f}", "yes" if same else "**no**", ""))
+            rows.append((name, f"{ms:.3f}", f"{written / ms / 1e6:.0f}",
+                         f"{samples / ms / 1e6:.2f}", "yes" if same else "**no**", ""))
         except Exception as error:  # a case that does not build is a result too
             message = f"{type(error).__name__}: {error}".replace("\n", " ")[:300]
             traceback.print_exc()
