@@ -164,6 +164,14 @@ def jax_cases(inputs, implementations=("reference",), dtype="float32", loss_weig
     return results
 
 
+def same_geometry(batch, height, width):
+    """`deform_conv_xla.Geometry` of the benchmarked layers: 3x3, stride 1, padding 1."""
+    from keras_centernet.ops import deform_conv_xla as xla
+
+    return xla.Geometry(batch, height, width, height, width, 3, 3, (1, 1), (1, 1),
+                        (1, 1), batch * height * width)
+
+
 def _stage_cases(x, offsets, mask, kernel):
     """The two stages of `implementation="xla"` that touch every sample, alone.
 
@@ -180,8 +188,7 @@ def _stage_cases(x, offsets, mask, kernel):
 
     batch, height, width, cin = x.shape
     num_pixels = batch * height * width
-    geom = xla.Geometry(batch, height, width, height, width, 3, 3, (1, 1), (1, 1),
-                        (1, 1), num_pixels)
+    geom = same_geometry(batch, height, width)
     x_rows = xla.padded_rows(x)
     flat_offsets = offsets.reshape(num_pixels, 18)
     flat_mask = mask.reshape(num_pixels, 9)

@@ -264,33 +264,18 @@ def test_gradbarrier_trains_as_before(benchmarks):
 
 
 @jax_only
-def test_tma_probe_windows_are_the_kernel_points_without_offsets():
-    # probe_tma_gather.py's samples: (image, row, column, kernel point) order; with no offset
-    # a kernel point's window starts at its own pixel of the input padded by one (hand-computed).
-    probe = _benchmark("probe_tma_gather")
-    starts = probe.window_starts(batch=2, height=4, width=4, sigma=0.0)
-    assert starts.shape == (2 * 4 * 4 * 9, 3) and starts.dtype == "int32"
-    # image 1, output row 2, column 3, kernel point (1, 2): row 2 - 1 + 1 + 1 = 3, column
-    # 3 - 1 + 2 + 1 = 5, clipped to 4 so that the 2x2 window stays in the 6x6 padded input.
-    index = ((1 * 4 + 2) * 4 + 3) * 9 + 1 * 3 + 2
-    assert starts[index].tolist() == [1, 3, 4]
-    assert starts[0].tolist() == [0, 0, 0]  # image 0, pixel (0, 0), kernel point (0, 0)
-    assert starts[:, 1:].min() >= 0 and starts[:, 1:].max() <= 4
-
-
-@jax_only
 def test_tma_probe_gathers_take_each_window():
-    # Both of the probe's gathers against NumPy slicing: XLA's, and the Mosaic GPU kernel (one
-    # TMA copy per window) in Pallas' Mosaic GPU interpreter.
+    # Both of the probe's gathers against NumPy slicing of the padded input at the DCN's own
+    # window starts: XLA's, and the Mosaic GPU kernel (one TMA copy per window) in Pallas'
+    # Mosaic GPU interpreter.
     import jax.numpy as jnp
     import numpy as np
 
     probe = _benchmark("probe_tma_gather")
-    starts = probe.window_starts(batch=1, height=4, width=4, sigma=1.5, seed=1)
-    # Each pixel's own integers (pixel * 4 + channel % 4, at most 143: exact in bfloat16).
-    x = (np.arange(36)[:, None] * 4 + np.arange(16) % 4).reshape(1, 6, 6, 16).astype(np.float32)
-    x_pad = jnp.asarray(x, jnp.bfloat16)
-    want = np.stack([x[n, y:y + 2, c:c + 2] for n, y, c in starts])
+    x_rows, starts = probe.dcn_windows(batch=1, size=4, channels=16, seed=1)
+    assert x_rows.shape == (6, 6, 16) and starts.shape == (16, 9, 2)
+    x = np.asarray(x_rows.astype(jnp.float32))
+    want = np.stack([x[r:r + 2, c:c + 2] for r, c in np.asarray(starts).reshape(-1, 2)])
     for gather in (probe.xla_gather, probe.tma_gather(16, interpret=True)):
-        got = np.asarray(gather(x_pad, jnp.asarray(starts)).astype(jnp.float32))
+        got = np.asarray(gather(x_rows, starts).astype(jnp.float32))
         np.testing.assert_array_equal(got, want)
