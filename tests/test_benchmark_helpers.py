@@ -264,14 +264,14 @@ def test_gradbarrier_trains_as_before(benchmarks):
 
 
 @jax_only
-def test_tma_probe_gathers_take_each_window():
+def test_mosaic_probe_gathers_take_each_window():
     # Both of the probe's gathers against NumPy slicing of the padded input at the DCN's own
     # window starts: XLA's, and the Mosaic GPU kernel (one TMA copy per window) in Pallas'
     # Mosaic GPU interpreter.
     import jax.numpy as jnp
     import numpy as np
 
-    probe = _benchmark("probe_tma_gather")
+    probe = _benchmark("probe_mosaic_dcn")
     x_rows, starts = probe.dcn_windows(batch=1, size=4, channels=16, seed=1)
     assert x_rows.shape == (6, 6, 16) and starts.shape == (16, 9, 2)
     x = np.asarray(x_rows.astype(jnp.float32))
@@ -279,3 +279,56 @@ def test_tma_probe_gathers_take_each_window():
     for gather in (probe.xla_gather, probe.tma_gather(16, interpret=True)):
         got = np.asarray(gather(x_rows, starts).astype(jnp.float32))
         np.testing.assert_array_equal(got, want)
+
+
+@jax_only
+@pytest.mark.parametrize("cin,cout", [(16, 32), (32, 16)])
+def test_mosaic_probe_forward_is_the_dcn(cin, cout):
+    # The fused Mosaic GPU forward (in Pallas' interpreter; two tiles of 64 pixels) against
+    # the keras.ops reference DCN in float32 on the same bf16-valued input and kernel. The
+    # kernel rounds the mixed columns and its output to bf16: one bf16 step of the output's
+    # scale is allowed.
+    import jax.numpy as jnp
+    import numpy as np
+
+    from keras_centernet.ops import deform_conv as reference
+
+    probe = _benchmark("probe_mosaic_dcn")
+    x, offsets, mask, kernel, _ = probe.deform_conv.make_inputs(
+        np.random.default_rng(3), 2, 8, cin, cout)
+    x = np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+    kernel = np.asarray(jnp.asarray(kernel, jnp.bfloat16).astype(jnp.float32))
+    want = np.asarray(reference.deform_conv2d(
+        x, offsets, mask, kernel, implementation="reference")).reshape(-1, cout)
+    geom = probe.deform_conv.same_geometry(2, 8, 8)
+    got = probe.fused_forward(geom, 64, interpret=True)(
+        probe.xla.padded_rows(jnp.asarray(x, jnp.bfloat16)),
+        jnp.asarray(offsets).reshape(-1, 18), jnp.asarray(mask).reshape(-1, 9),
+        jnp.asarray(kernel, jnp.bfloat16).reshape(9 * cin, cout))
+    assert got.shape == (128, cout) and got.dtype == jnp.bfloat16
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), want, rtol=0,
+                               atol=2 ** -7 * scale)
+
+
+@jax_only
+def test_mosaic_probe_kernels_lower_for_hopper_at_the_benchmark_shape():
+    # Without a GPU, JAX still lowers a Mosaic GPU kernel to its MLIR for CUDA, and checks
+    # there the layouts, the shared-memory budget, the TMA strides and the wgmma operands, on
+    # which the probe's GPU call would otherwise fail (its JAX, 0.11.2, is newer than this
+    # one's). The shape is the probe's default (DLA-34's 128x128x64 layers, batch 32).
+    import jax
+    import jax.numpy as jnp
+
+    probe = _benchmark("probe_mosaic_dcn")
+    geom = probe.deform_conv.same_geometry(32, 128, 128)
+    pixels = geom.m_pad
+    spec = jax.ShapeDtypeStruct
+    operands = (spec((32 * 130, 130, 64), jnp.bfloat16), spec((pixels, 18), jnp.float32),
+                spec((pixels, 9), jnp.float32), spec((9 * 64, 64), jnp.bfloat16))
+    cases = [(probe.fused_forward(geom, 64, registers=r), operands) for r in (False, True)] + [
+        (probe.tma_gather(block), (operands[0], spec((pixels, 9, 2), jnp.int32)))
+        for block in (32, 64, 128, 256)]
+    for fn, args in cases:
+        text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        assert "mosaic_gpu" in text
