@@ -22,8 +22,10 @@ The layer's forward, from the padded input, offsets, mask and kernel:
 * `forward: xla`: `implementation="xla"`'s forward (sampling terms, columns, one matmul);
 * `forward: mosaic Tn`: the sampling terms by XLA, then `mosaic_forward`: one program per
   `n` output pixels, window copies per kernel point into two buffers, mixing in registers,
-  `wgmma` into a float32 accumulator; no column tensor in global memory. `columns in
-  registers`: the same, the mixed block handed to `wgmma` in registers, not shared memory.
+  `wgmma` into a float32 accumulator; no column tensor in global memory. One TMA copy a
+  window leaves bank conflicts when a neighbour is read; `4 copies a window` (one per
+  neighbour row, into a swizzled buffer) has none. `columns in registers`: the mixed block
+  handed to `wgmma` in registers, not through shared memory.
 
 Gathers are checked against `gather: xla` element for element, forwards against
 `forward: xla` to within bf16 rounding. Needs a Hopper GPU and JAX's Pallas Mosaic GPU
@@ -125,7 +127,7 @@ def _swizzled(minor, dtype):
     return (plgpu.TilingTransform((8, swizzle * 8 // bits)), plgpu.SwizzleTransform(swizzle))
 
 
-def mosaic_forward(tile, interpret=False, registers=False):
+def mosaic_forward(tile, interpret=False, registers=False, neighbour_copies=False):
     """A fused DCN forward as one Mosaic GPU kernel: no column tensor in global memory.
 
     One program per `tile` output pixels (a multiple of 64, one warpgroup). It copies the
@@ -139,9 +141,12 @@ def mosaic_forward(tile, interpret=False, registers=False):
     Reading one neighbour of 64 windows is a load with bank conflicts: the windows lie
     `8 * Cin` bytes apart, a multiple of the banks' 128, so the eight rows one warp reads
     share their banks (Mosaic GPU refuses that load unless `optimized=False`; `_load`).
-    `registers=True` hands the block to `wgmma` in registers instead (no shared-memory
-    store; each `wgmma` is then awaited before the next block is mixed). Pallas' interpreter
-    has no `wgmma` from registers.
+    `neighbour_copies=True` avoids the conflicts at four times the copies: one TMA copy per
+    neighbour row, each into its neighbour's `(tile, Cin)` block of a swizzled buffer, which
+    a warp then reads without conflicts (Cin a multiple of 64: a copy moves a multiple of
+    128 bytes). `registers=True` hands the block to `wgmma` in registers instead (no
+    shared-memory store; each `wgmma` is then awaited before the next block is mixed).
+    Pallas' interpreter has no `wgmma` from registers.
 
     Returns `run(x_rows, starts, corners, kernel_matrix)`: `x_rows` the zero-padded input
     as `(B * (H + 2), W + 2, Cin)` rows, `starts` `(M, K, 2)` window starts in it, `corners`
@@ -176,6 +181,19 @@ def mosaic_forward(tile, interpret=False, registers=False):
         tile_corners = corners.reshape(tiles, tile, 4 * points).transpose(0, 2, 1)
         weights = kernel_matrix.reshape(points, channels, cout)
         rows_layout = plgpu.Layout.WGMMA.reduce(1)
+        padded_w = x_rows.shape[1]
+        if neighbour_copies:
+            if channels % 64:
+                raise ValueError(f"neighbour copies need channels a multiple of 64: {channels}")
+            source = x_rows.reshape(-1, channels)  # one row per pixel
+            # Swizzled, not tiled: a copy fills one row of a neighbour's block (Pallas slices
+            # a tiled buffer only at whole tiles of 8 rows).
+            window_buffer = plgpu.SMEM((2, 4, tile, channels), dtype,
+                                       transforms=_swizzled(channels, dtype)[1:])
+        else:
+            source = x_rows
+            window_buffer = plgpu.SMEM((2, tile, 2, 2, channels), dtype)
+        copies = 4 * tile if neighbour_copies else tile
 
         def body(x_ref, starts_ref, corners_ref, w_ref, out_ref,
                  starts_s, corners_s, w_s, windows, columns, out_s, loaded, arrived):
@@ -188,8 +206,16 @@ def mosaic_forward(tile, interpret=False, registers=False):
             def issue(k, slot):
                 @pl.loop(0, tile)
                 def _copy(i):
-                    src = x_ref.at[pl.ds(starts_s[i, 2 * k], 2), pl.ds(starts_s[i, 2 * k + 1], 2)]
-                    plgpu.copy_gmem_to_smem(src, windows.at[slot, i], arrived.at[slot])
+                    row, col = starts_s[i, 2 * k], starts_s[i, 2 * k + 1]
+                    if not neighbour_copies:
+                        plgpu.copy_gmem_to_smem(x_ref.at[pl.ds(row, 2), pl.ds(col, 2)],
+                                                windows.at[slot, i], arrived.at[slot])
+                        return
+                    top_left = row * padded_w + col
+                    for corner, shift in enumerate((0, 1, padded_w, padded_w + 1)):
+                        plgpu.copy_gmem_to_smem(x_ref.at[pl.ds(top_left + shift, 1)],
+                                                windows.at[slot, corner, pl.ds(i, 1)],
+                                                arrived.at[slot])
 
             def accumulate(acc):
                 issue(0, 0)
@@ -201,8 +227,11 @@ def mosaic_forward(tile, interpret=False, registers=False):
                     mixed = None
                     # The reference's order of float32 sums: top-left first.
                     for corner, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-                        value = _load(windows.at[slot, :, a, b, :], plgpu.Layout.WGMMA,
-                                      interpret, optimized=False)
+                        if neighbour_copies:
+                            value = _load(windows.at[slot, corner], plgpu.Layout.WGMMA, interpret)
+                        else:
+                            value = _load(windows.at[slot, :, a, b, :], plgpu.Layout.WGMMA,
+                                          interpret, optimized=False)
                         weight = _load(corners_s.at[4 * k + corner], rows_layout, interpret)
                         term = value.astype(jnp.float32) * lax.broadcast_in_dim(
                             weight, (tile, channels), [0])
@@ -234,17 +263,17 @@ def mosaic_forward(tile, interpret=False, registers=False):
                 # wgmma needs one swizzle for both operands.
                 plgpu.SMEM((points, channels, cout), dtype,
                            transforms=_swizzled(min(channels, cout), dtype)),
-                plgpu.SMEM((2, tile, 2, 2, channels), dtype),
+                window_buffer,
                 plgpu.SMEM((2, tile, channels), dtype,
                            transforms=_swizzled(min(channels, cout), dtype)),
                 plgpu.SMEM((tile, cout), dtype, transforms=_swizzled(cout, dtype)),
                 plgpu.Barrier(num_arrivals=3),
-                plgpu.Barrier(num_arrivals=tile, num_barriers=2),
+                plgpu.Barrier(num_arrivals=copies, num_barriers=2),
             ),
             grid=(tiles,),
             grid_names=("tiles",),
             **({"interpret": _interpret_params()} if interpret else {}),
-        )(x_rows, tile_starts, tile_corners, weights)
+        )(source, tile_starts, tile_corners, weights)
 
     return run
 
@@ -276,9 +305,9 @@ def xla_forward(geom):
     return run
 
 
-def fused_forward(geom, tile, interpret=False, registers=False):
+def fused_forward(geom, tile, interpret=False, registers=False, neighbour_copies=False):
     """The forward with `mosaic_forward`: XLA computes the sampling terms, the kernel the rest."""
-    kernel = mosaic_forward(tile, interpret, registers)
+    kernel = mosaic_forward(tile, interpret, registers, neighbour_copies)
 
     def run(x_rows, offsets, mask, kernel_matrix):
         _, starts, corners, _ = xla._sampling(offsets, mask, geom)
@@ -336,11 +365,14 @@ def main():
     gathers = [("gather: xla", xla_gather)] + [
         (f"gather: tma B{b}", tma_gather(b, args.interpret)) for b in args.blocks]
     forwards = [("forward: conv (plain, for scale)", conv_forward(args.batch)),
-                ("forward: xla", xla_forward(geom))] + [
-        (f"forward: mosaic T{t}", fused_forward(geom, t, args.interpret)) for t in args.tiles]
-    if not args.interpret:
-        forwards += [(f"forward: mosaic T{t}, columns in registers",
-                      fused_forward(geom, t, registers=True)) for t in args.tiles]
+                ("forward: xla", xla_forward(geom))]
+    # Pallas' interpreter has no wgmma from registers.
+    for registers in (False,) if args.interpret else (False, True):
+        for split in (False, True):
+            for t in args.tiles:
+                name = f"forward: mosaic T{t}" + (", 4 copies a window" if split else "") + (
+                    ", columns in registers" if registers else "")
+                forwards.append((name, fused_forward(geom, t, args.interpret, registers, split)))
 
     rows = []
 

@@ -282,12 +282,13 @@ def test_mosaic_probe_gathers_take_each_window():
 
 
 @jax_only
-@pytest.mark.parametrize("cin,cout", [(16, 32), (32, 16)])
-def test_mosaic_probe_forward_is_the_dcn(cin, cout):
-    # The fused Mosaic GPU forward (in Pallas' interpreter; two tiles of 64 pixels) against
-    # the keras.ops reference DCN in float32 on the same bf16-valued input and kernel. The
-    # kernel rounds the mixed columns and its output to bf16: one bf16 step of the output's
-    # scale is allowed.
+@pytest.mark.parametrize("cin,cout,neighbour_copies", [(16, 32, False), (32, 16, False),
+                                                       (64, 16, True)])
+def test_mosaic_probe_forward_is_the_dcn(cin, cout, neighbour_copies):
+    # The fused Mosaic GPU forward (in Pallas' interpreter; two tiles of 64 pixels; one TMA
+    # copy per window, or one per neighbour row) against the keras.ops reference DCN in
+    # float32 on the same bf16-valued input and kernel. The kernel rounds the mixed columns
+    # and its output to bf16: one bf16 step of the output's scale is allowed.
     import jax.numpy as jnp
     import numpy as np
 
@@ -301,7 +302,7 @@ def test_mosaic_probe_forward_is_the_dcn(cin, cout):
     want = np.asarray(reference.deform_conv2d(
         x, offsets, mask, kernel, implementation="reference")).reshape(-1, cout)
     geom = probe.deform_conv.same_geometry(2, 8, 8)
-    got = probe.fused_forward(geom, 64, interpret=True)(
+    got = probe.fused_forward(geom, 64, interpret=True, neighbour_copies=neighbour_copies)(
         probe.xla.padded_rows(jnp.asarray(x, jnp.bfloat16)),
         jnp.asarray(offsets).reshape(-1, 18), jnp.asarray(mask).reshape(-1, 9),
         jnp.asarray(kernel, jnp.bfloat16).reshape(9 * cin, cout))
@@ -326,7 +327,8 @@ def test_mosaic_probe_kernels_lower_for_hopper_at_the_benchmark_shape():
     spec = jax.ShapeDtypeStruct
     operands = (spec((32 * 130, 130, 64), jnp.bfloat16), spec((pixels, 18), jnp.float32),
                 spec((pixels, 9), jnp.float32), spec((9 * 64, 64), jnp.bfloat16))
-    cases = [(probe.fused_forward(geom, 64, registers=r), operands) for r in (False, True)] + [
+    cases = [(probe.fused_forward(geom, 64, registers=r, neighbour_copies=n), operands)
+             for r in (False, True) for n in (False, True)] + [
         (probe.tma_gather(block), (operands[0], spec((pixels, 9, 2), jnp.int32)))
         for block in (32, 64, 128, 256)]
     for fn, args in cases:
