@@ -19,7 +19,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 14  # DLA-34 bf16 steps: the default and both Pallas passes at the best backward tiles;
 #                                        # the default resnet18_dcn bf16 step
 #   bash benchmarks/gpu_dcn_calls.sh 15  # probe_mosaic_dcn.py: one TMA box copy per DCN window against XLA's gather,
-#                                        # and a fused Mosaic GPU forward against XLA's
+#                                        # and fused Mosaic GPU forward and backward kernels against XLA's
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -37,7 +37,7 @@
 # the same machine 2's fp32 rows without augmentation and 3 without batch 1. Not run, and moot:
 # 11 (12 measured the routing it was to motivate, which is the default since) and 8's DLA-34
 # steps. Still to run: 15 (no machine came for it that session, nor in the sixth session of
-# 2026-12-07, when none was lent; that session added the fused forward to it, checked in
+# 2026-12-07, when none was lent; that session added the fused kernels to it, checked in
 # Pallas' interpreter and lowered for CUDA on a CPU by tests/test_benchmark_helpers.py).
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
@@ -186,9 +186,11 @@ case $phase in
     ;;
   15)
     # Whether a Mosaic GPU DCN could gather its windows with one TMA copy each faster than XLA,
-    # and how fast a fused forward that does so runs (profile_dcn.md section 10): 4.7M windows
-    # of 128x128x64, batch 32, four block sizes; the forward against XLA's and a plain conv.
-    timeout 400 python3 benchmarks/probe_mosaic_dcn.py --blocks 32 64 128 256 --tiles 64 \
+    # and how fast fused kernels that do so run (profile_dcn.md section 10): 4.7M windows of
+    # 128x128x64, batch 32, four block sizes; the forward and the backward's column work
+    # against XLA's and a plain conv's.
+    timeout 450 python3 benchmarks/probe_mosaic_dcn.py --blocks 32 64 128 256 --tiles 64 \
+      --parts 16 32 \
       --output "$OUT/probe_mosaic_dcn.md" 2>&1 | grep -E "^\||^\(|Error" | cut -c1-600
     ;;
   *) echo "unknown phase $phase (1 to 15)" >&2; exit 2 ;;

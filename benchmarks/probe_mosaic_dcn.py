@@ -1,4 +1,4 @@
-"""Could a Mosaic GPU kernel run a DCN layer faster than XLA? Two probes (issue 10).
+"""Could a Mosaic GPU kernel run a DCN layer faster than XLA? Three probes (issue 10).
 
 The deformable convolution's remaining route to "forward+backward <= 3x a plain conv"
 (`results/profile_dcn.md` section 10) is a Hopper kernel that copies each sample's (2, 2, Cin)
@@ -27,8 +27,19 @@ The layer's forward, from the padded input, offsets, mask and kernel:
   neighbour row, into a swizzled buffer) has none. `columns in registers`: the mixed block
   handed to `wgmma` in registers, not through shared memory.
 
-Gathers are checked against `gather: xla` element for element, forwards against
-`forward: xla` to within bf16 rounding. Needs a Hopper GPU and JAX's Pallas Mosaic GPU
+The backward's work on the columns, from the same and an output gradient `g`: the column
+gradient `g @ W^T` (in bf16, for the input gradient's scatter), the four channel sums of it
+times each neighbour (for the offset and mask gradients) and the kernel gradient:
+
+* `backward: conv`: a plain 3x3 convolution's input and kernel gradients, for scale;
+* `backward: xla`: `implementation="xla"`'s way (columns sampled again, two matmuls, a
+  gathering reduction);
+* `backward: mosaic Tn Pp`: the sampling terms by XLA, then `mosaic_backward`: `p` programs
+  per kernel point, each over its share of the tiles of `n` pixels, `dW_k` kept in a wgmma
+  accumulator, the columns mixed in shared memory and never written out.
+
+Gathers are checked against `gather: xla` element for element, forwards and backwards against
+the xla case to within bf16 rounding. Needs a Hopper GPU and JAX's Pallas Mosaic GPU
 (`jax.experimental.pallas.mosaic_gpu`); a case that does not build says why in the table
 instead of a time. `--interpret` runs the kernels in Pallas' Mosaic GPU interpreter on a CPU.
 
@@ -127,26 +138,122 @@ def _swizzled(minor, dtype):
     return (plgpu.TilingTransform((8, swizzle * 8 // bits)), plgpu.SwizzleTransform(swizzle))
 
 
+class _Windows:
+    """How a Mosaic GPU kernel brings a tile's `(2, 2, Cin)` windows of one kernel point into
+    shared memory and reads their neighbours, shared by `mosaic_forward` and
+    `mosaic_backward`.
+
+    One TMA box copy per window (`neighbour_copies=False`) lands each window as `8 * Cin`
+    contiguous bytes, a multiple of the banks' 128: a warp reading one neighbour of eight
+    windows hits the same banks (Mosaic GPU refuses that load unless `optimized=False`). One
+    copy per neighbour row (`neighbour_copies=True`, Cin a multiple of 64 so that a copy moves
+    a multiple of 128 bytes) fills row `i` of the neighbour's `(tile, Cin)` block of a
+    swizzled buffer, which a warp reads without conflicts, at four times the copies.
+    """
+
+    def __init__(self, tile, x_rows, neighbour_copies, interpret):
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+
+        self.tile = tile
+        self.channels = x_rows.shape[-1]
+        self.padded_w = x_rows.shape[1]
+        self.dtype = x_rows.dtype
+        self.neighbour_copies = neighbour_copies
+        self.interpret = interpret
+        if neighbour_copies and self.channels % 64:
+            raise ValueError(f"neighbour copies need channels a multiple of 64: {self.channels}")
+        self.copies = 4 * tile if neighbour_copies else tile  # a buffer's barrier arrivals
+        self.layout = plgpu.Layout.WGMMA
+
+    def source(self, x_rows):
+        """The global-memory operand the copies read: `x_rows`, or one row per pixel."""
+        return x_rows.reshape(-1, self.channels) if self.neighbour_copies else x_rows
+
+    def buffer(self, slots):
+        """`slots` window buffers in shared memory."""
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+
+        if not self.neighbour_copies:
+            return plgpu.SMEM((slots, self.tile, 2, 2, self.channels), self.dtype)
+        # Swizzled, not tiled: a copy fills one row of a neighbour's block (Pallas slices a
+        # tiled buffer only at whole tiles of 8 rows).
+        return plgpu.SMEM((slots, 4, self.tile, self.channels), self.dtype,
+                          transforms=_swizzled(self.channels, self.dtype)[1:])
+
+    def issue(self, x_ref, starts_s, k, windows, arrived):
+        """Copy kernel point `k`'s windows of the tile (starts in `starts_s`) into `windows`."""
+        from jax.experimental import pallas as pl
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+
+        @pl.loop(0, self.tile)
+        def _copy(i):
+            row, col = starts_s[i, 2 * k], starts_s[i, 2 * k + 1]
+            if not self.neighbour_copies:
+                plgpu.copy_gmem_to_smem(x_ref.at[pl.ds(row, 2), pl.ds(col, 2)],
+                                        windows.at[i], arrived)
+                return
+            top_left = row * self.padded_w + col
+            for corner, shift in enumerate((0, 1, self.padded_w, self.padded_w + 1)):
+                plgpu.copy_gmem_to_smem(x_ref.at[pl.ds(top_left + shift, 1)],
+                                        windows.at[corner, pl.ds(i, 1)], arrived)
+
+    def neighbour(self, windows, corner):
+        """Neighbour `corner` (top-left, top-right, bottom-left, bottom-right) of every window,
+        `(tile, Cin)` float32 in registers."""
+        if self.neighbour_copies:
+            value = _load(windows.at[corner], self.layout, self.interpret)
+        else:
+            a, b = divmod(corner, 2)
+            value = _load(windows.at[:, a, b, :], self.layout, self.interpret, optimized=False)
+        return value.astype(jnp.float32)
+
+    def mix(self, windows, corner_rows):
+        """The `(tile, Cin)` float32 columns: the neighbours times `corner_rows(c)`, each a
+        `(tile,)` row of weights, summed in the reference's order (top-left first)."""
+        mixed = None
+        for corner in range(4):
+            term = self.neighbour(windows, corner) * lax.broadcast_in_dim(
+                corner_rows(corner), (self.tile, self.channels), [0])
+            mixed = term if mixed is None else mixed + term
+        return mixed
+
+
+def _tile_terms(starts, corners, tile):
+    """Per tile of `tile` pixels: the window starts as `(tile, 2K)` int32 rows (padded to 16
+    bytes, the TMA's stride unit), and the corner weights as `(4K, tile)` float32 rows, so that
+    corner `c` of point `k` is row `4k + c`."""
+    samples, points, _ = starts.shape
+    if samples % tile:
+        raise ValueError(f"{samples} output pixels are not a whole number of tiles of {tile}")
+    tiles = samples // tile
+    start_cols = -(-2 * points // 4) * 4
+    tile_starts = jnp.pad(starts.reshape(samples, 2 * points),
+                          [(0, 0), (0, start_cols - 2 * points)])
+    tile_corners = corners.reshape(tiles, tile, 4 * points).transpose(0, 2, 1)
+    return tile_starts.reshape(tiles, tile, start_cols), tile_corners
+
+
+def _row_loader(corners_s, interpret):
+    """`(tile,)` rows of `corners_s` in registers, laid out to broadcast over a tile's rows."""
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    return lambda row: _load(corners_s.at[row], plgpu.Layout.WGMMA.reduce(1), interpret)
+
+
 def mosaic_forward(tile, interpret=False, registers=False, neighbour_copies=False):
     """A fused DCN forward as one Mosaic GPU kernel: no column tensor in global memory.
 
     One program per `tile` output pixels (a multiple of 64, one warpgroup). It copies the
     tile's window starts and corner weights and the whole `(K, Cin, Cout)` kernel into
-    shared memory once; then, for each kernel point `k`, one TMA box copy per pixel brings
-    its `(2, 2, Cin)` window into shared memory (point `k + 1`'s copies are issued before
-    point `k` is mixed, two buffers), the four neighbours are mixed in float32 in registers
-    with the corner weights, rounded to the kernel's dtype and stored as the `(tile, Cin)`
-    column block, and `wgmma` adds that block times `W_k` into the float32 accumulator. The
-    columns are those of `deform_conv_xla._columns` (same float32 sums, same rounding).
-    Reading one neighbour of 64 windows is a load with bank conflicts: the windows lie
-    `8 * Cin` bytes apart, a multiple of the banks' 128, so the eight rows one warp reads
-    share their banks (Mosaic GPU refuses that load unless `optimized=False`; `_load`).
-    `neighbour_copies=True` avoids the conflicts at four times the copies: one TMA copy per
-    neighbour row, each into its neighbour's `(tile, Cin)` block of a swizzled buffer, which
-    a warp then reads without conflicts (Cin a multiple of 64: a copy moves a multiple of
-    128 bytes). `registers=True` hands the block to `wgmma` in registers instead (no
-    shared-memory store; each `wgmma` is then awaited before the next block is mixed).
-    Pallas' interpreter has no `wgmma` from registers.
+    shared memory once; then, for each kernel point `k`, TMA copies bring the tile's windows
+    into shared memory (point `k + 1`'s copies are issued before point `k` is mixed, two
+    buffers; `_Windows`), the four neighbours are mixed in float32 in registers with the
+    corner weights, rounded to the kernel's dtype and stored as the `(tile, Cin)` column
+    block, and `wgmma` adds that block times `W_k` into the float32 accumulator. The columns
+    are those of `deform_conv_xla._columns` (same float32 sums, same rounding).
+    `registers=True` hands the block to `wgmma` in registers instead (no shared-memory
+    store; each `wgmma` is then awaited before the next block is mixed). Pallas' interpreter
+    has no `wgmma` from registers.
 
     Returns `run(x_rows, starts, corners, kernel_matrix)`: `x_rows` the zero-padded input
     as `(B * (H + 2), W + 2, Cin)` rows, `starts` `(M, K, 2)` window starts in it, `corners`
@@ -166,34 +273,12 @@ def mosaic_forward(tile, interpret=False, registers=False, neighbour_copies=Fals
         channels = x_rows.shape[-1]
         cout = kernel_matrix.shape[-1]
         dtype = kernel_matrix.dtype
-        if samples % tile:
-            raise ValueError(f"{samples} output pixels are not a whole number of tiles of {tile}")
         if x_rows.dtype != dtype:
             raise ValueError(f"input dtype {x_rows.dtype} differs from the kernel's {dtype}")
+        tile_starts, tile_corners = _tile_terms(starts, corners, tile)
         tiles = samples // tile
-        # Per tile: the starts as (tile, 2K) int32 rows (padded to 16 bytes, the TMA's stride
-        # unit) and the corner weights as (4K, tile) float32 rows, so that corner `c` of
-        # point `k` is one row of `tile` weights.
-        start_cols = -(-2 * points // 4) * 4
-        tile_starts = jnp.pad(starts.reshape(samples, 2 * points),
-                              [(0, 0), (0, start_cols - 2 * points)])
-        tile_starts = tile_starts.reshape(tiles, tile, start_cols)
-        tile_corners = corners.reshape(tiles, tile, 4 * points).transpose(0, 2, 1)
         weights = kernel_matrix.reshape(points, channels, cout)
-        rows_layout = plgpu.Layout.WGMMA.reduce(1)
-        padded_w = x_rows.shape[1]
-        if neighbour_copies:
-            if channels % 64:
-                raise ValueError(f"neighbour copies need channels a multiple of 64: {channels}")
-            source = x_rows.reshape(-1, channels)  # one row per pixel
-            # Swizzled, not tiled: a copy fills one row of a neighbour's block (Pallas slices
-            # a tiled buffer only at whole tiles of 8 rows).
-            window_buffer = plgpu.SMEM((2, 4, tile, channels), dtype,
-                                       transforms=_swizzled(channels, dtype)[1:])
-        else:
-            source = x_rows
-            window_buffer = plgpu.SMEM((2, tile, 2, 2, channels), dtype)
-        copies = 4 * tile if neighbour_copies else tile
+        win = _Windows(tile, x_rows, neighbour_copies, interpret)
 
         def body(x_ref, starts_ref, corners_ref, w_ref, out_ref,
                  starts_s, corners_s, w_s, windows, columns, out_s, loaded, arrived):
@@ -202,40 +287,17 @@ def mosaic_forward(tile, interpret=False, registers=False, neighbour_copies=Fals
             plgpu.copy_gmem_to_smem(corners_ref.at[t], corners_s, loaded)
             plgpu.copy_gmem_to_smem(w_ref, w_s, loaded)
             plgpu.barrier_wait(loaded)
-
-            def issue(k, slot):
-                @pl.loop(0, tile)
-                def _copy(i):
-                    row, col = starts_s[i, 2 * k], starts_s[i, 2 * k + 1]
-                    if not neighbour_copies:
-                        plgpu.copy_gmem_to_smem(x_ref.at[pl.ds(row, 2), pl.ds(col, 2)],
-                                                windows.at[slot, i], arrived.at[slot])
-                        return
-                    top_left = row * padded_w + col
-                    for corner, shift in enumerate((0, 1, padded_w, padded_w + 1)):
-                        plgpu.copy_gmem_to_smem(x_ref.at[pl.ds(top_left + shift, 1)],
-                                                windows.at[slot, corner, pl.ds(i, 1)],
-                                                arrived.at[slot])
+            row = _row_loader(corners_s, interpret)
 
             def accumulate(acc):
-                issue(0, 0)
+                win.issue(x_ref, starts_s, 0, windows.at[0], arrived.at[0])
                 for k in range(points):
                     slot = k % 2
                     if k + 1 < points:
-                        issue(k + 1, 1 - slot)
+                        win.issue(x_ref, starts_s, k + 1, windows.at[1 - slot],
+                                  arrived.at[1 - slot])
                     plgpu.barrier_wait(arrived.at[slot])
-                    mixed = None
-                    # The reference's order of float32 sums: top-left first.
-                    for corner, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-                        if neighbour_copies:
-                            value = _load(windows.at[slot, corner], plgpu.Layout.WGMMA, interpret)
-                        else:
-                            value = _load(windows.at[slot, :, a, b, :], plgpu.Layout.WGMMA,
-                                          interpret, optimized=False)
-                        weight = _load(corners_s.at[4 * k + corner], rows_layout, interpret)
-                        term = value.astype(jnp.float32) * lax.broadcast_in_dim(
-                            weight, (tile, channels), [0])
-                        mixed = term if mixed is None else mixed + term
+                    mixed = win.mix(windows.at[slot], lambda c: row(4 * k + c))
                     if registers:
                         plgpu.wgmma(acc, mixed.astype(dtype), w_s.at[k])
                         plgpu.wgmma_wait(0)
@@ -258,22 +320,159 @@ def mosaic_forward(tile, interpret=False, registers=False, neighbour_copies=Fals
             body,
             out_type=jax.ShapeDtypeStruct((samples, cout), dtype),
             scratch_types=(
-                plgpu.SMEM((tile, start_cols), jnp.int32),
+                plgpu.SMEM(tile_starts.shape[1:], jnp.int32),
                 plgpu.SMEM((4 * points, tile), jnp.float32),
                 # wgmma needs one swizzle for both operands.
                 plgpu.SMEM((points, channels, cout), dtype,
                            transforms=_swizzled(min(channels, cout), dtype)),
-                window_buffer,
+                win.buffer(2),
                 plgpu.SMEM((2, tile, channels), dtype,
                            transforms=_swizzled(min(channels, cout), dtype)),
                 plgpu.SMEM((tile, cout), dtype, transforms=_swizzled(cout, dtype)),
                 plgpu.Barrier(num_arrivals=3),
-                plgpu.Barrier(num_arrivals=copies, num_barriers=2),
+                plgpu.Barrier(num_arrivals=win.copies, num_barriers=2),
             ),
             grid=(tiles,),
             grid_names=("tiles",),
             **({"interpret": _interpret_params()} if interpret else {}),
-        )(source, tile_starts, tile_corners, weights)
+        )(win.source(x_rows), tile_starts, tile_corners, weights)
+
+    return run
+
+
+def mosaic_backward(tile, parts, interpret=False, neighbour_copies=False):
+    """The backward's column gradient, channel sums and kernel gradient as one Mosaic GPU kernel.
+
+    These are what `deform_conv_xla._deform_matmul_bwd` computes with two matmuls and a
+    gathering reduction over the (M, 9 Cin) columns; here the columns never reach global
+    memory. One program per kernel point `k` and part `p` of the tiles (`parts` programs a
+    point; part `p` takes tiles `p, p + parts, ...`). The program keeps `dW_k` (Cin, Cout) in
+    a float32 wgmma accumulator over its tiles. For each tile it copies the tile's window
+    starts, corner weights and output gradient `g` into shared memory, and the windows of
+    point `k` (`_Windows`), mixes the columns as the forward does, then:
+
+    * `wgmma`: `dW_k += columns^T @ g`;
+    * `wgmma`: `d_columns = g @ W_k^T`, rounded to the kernel's dtype as XLA's matmul rounds
+      it, and copied to global memory (the input gradient's scatter needs it);
+    * the four channel sums `sum_c d_columns * neighbour` in float32, for the offset and mask
+      gradients.
+
+    Returns `run(x_rows, starts, corners, kernel_matrix, g)` (the first four as for
+    `mosaic_forward`, `g` `(M, Cout)` in the kernel's dtype) giving `(d_columns, sums,
+    d_kernel)`: `(M, K, Cin)` in the kernel's dtype, `(M, K, 4)` and `(K * Cin, Cout)` float32.
+    Cin must be a multiple of 64 (the kernel gradient's wgmma rows).
+    """
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    if tile % 64:
+        raise ValueError(f"tile must be a multiple of 64 (one warpgroup's wgmma rows), got {tile}")
+
+    def run(x_rows, starts, corners, kernel_matrix, g):
+        samples, points, _ = starts.shape
+        channels = x_rows.shape[-1]
+        cout = kernel_matrix.shape[-1]
+        dtype = kernel_matrix.dtype
+        if channels % 64:
+            raise ValueError(f"channels must be a multiple of 64 (dW's wgmma rows): {channels}")
+        if x_rows.dtype != dtype or g.dtype != dtype:
+            raise ValueError(f"input {x_rows.dtype} and gradient {g.dtype} must be {dtype}")
+        tile_starts, tile_corners = _tile_terms(starts, corners, tile)
+        tiles = samples // tile
+        if tiles % parts:
+            raise ValueError(f"{tiles} tiles are not a whole number of parts of {parts}")
+        # W_k^T, for d_columns = g @ W_k^T (Pallas' interpreter has no transposed operands).
+        weights_t = kernel_matrix.reshape(points, channels, cout).transpose(0, 2, 1)
+        win = _Windows(tile, x_rows, neighbour_copies, interpret)
+        operand = _swizzled(min(channels, cout), dtype)  # one swizzle for every wgmma operand
+
+        def body(x_ref, starts_ref, corners_ref, w_ref, g_ref, dcol_ref, sums_ref, dw_ref,
+                 starts_s, corners_s, w_s, g_s, windows, columns, columns_t, dcol_s, sums_s,
+                 dw_s, weights_in, loaded, arrived):
+            k = lax.axis_index("points")
+            p = lax.axis_index("parts")
+            plgpu.copy_gmem_to_smem(w_ref.at[k], w_s, weights_in)
+            plgpu.barrier_wait(weights_in)
+            row = _row_loader(corners_s, interpret)
+
+            def over_tiles(dw_acc):
+                @pl.loop(0, tiles // parts)
+                def _tile(j):
+                    t = j * parts + p
+                    first = pl.ds(t * tile, tile)
+                    plgpu.copy_gmem_to_smem(starts_ref.at[t], starts_s, loaded)
+                    plgpu.copy_gmem_to_smem(corners_ref.at[t, pl.ds(4 * k, 4)], corners_s, loaded)
+                    plgpu.copy_gmem_to_smem(g_ref.at[first], g_s, loaded)
+                    plgpu.barrier_wait(loaded)
+                    win.issue(x_ref, starts_s, k, windows.at[0], arrived)
+                    plgpu.barrier_wait(arrived)
+                    mixed = win.mix(windows.at[0], row).astype(dtype)
+                    if interpret:  # no transposed wgmma operands there: write columns^T
+                        columns_t[...] = mixed.T
+                        columns_tr = columns_t
+                    else:
+                        columns[...] = mixed
+                        columns_tr = plgpu.transpose_ref(columns, (1, 0))
+                    plgpu.commit_smem()
+                    plgpu.wgmma(dw_acc, columns_tr, g_s)
+
+                    def column_gradient(acc):
+                        plgpu.wgmma(acc, g_s, w_s)
+                        plgpu.wgmma_wait(0)  # also the kernel gradient's: `columns` is free
+                        return acc[...].astype(dtype)
+
+                    d_columns = pl.run_scoped(column_gradient,
+                                              plgpu.ACC((tile, channels), jnp.float32))
+                    wide = d_columns.astype(jnp.float32)
+                    # The last tile's copies out must have read these buffers.
+                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+                    for corner in range(4):
+                        sums_s[corner] = jnp.sum(wide * win.neighbour(windows.at[0], corner),
+                                                 axis=1)
+                    dcol_s[...] = d_columns
+                    plgpu.commit_smem()
+                    plgpu.copy_smem_to_gmem(dcol_s, dcol_ref.at[first, pl.ds(k * channels,
+                                                                             channels)])
+                    plgpu.copy_smem_to_gmem(sums_s, sums_ref.at[k, t])
+
+                plgpu.wgmma_wait(0)
+                dw_s[...] = dw_acc[...]
+
+            pl.run_scoped(over_tiles, plgpu.ACC((channels, cout), jnp.float32))
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(dw_s, dw_ref.at[k, p])
+            plgpu.wait_smem_to_gmem(0)
+
+        d_columns, sums, d_kernel = plgpu.kernel(
+            body,
+            out_type=(
+                jax.ShapeDtypeStruct((samples, points * channels), dtype),
+                jax.ShapeDtypeStruct((points, tiles, 4, tile), jnp.float32),
+                jax.ShapeDtypeStruct((points, parts, channels, cout), jnp.float32),
+            ),
+            scratch_types=(
+                plgpu.SMEM(tile_starts.shape[1:], jnp.int32),
+                plgpu.SMEM((4, tile), jnp.float32),
+                plgpu.SMEM((cout, channels), dtype, transforms=operand),
+                plgpu.SMEM((tile, cout), dtype, transforms=operand),
+                win.buffer(1),
+                plgpu.SMEM((tile, channels), dtype, transforms=operand),
+                # columns^T, written only in the interpreter (a token buffer on the GPU).
+                plgpu.SMEM((channels, tile) if interpret else (8, 8), dtype),
+                plgpu.SMEM((tile, channels), dtype, transforms=_swizzled(channels, dtype)),
+                plgpu.SMEM((4, tile), jnp.float32),
+                plgpu.SMEM((channels, cout), jnp.float32),
+                plgpu.Barrier(num_arrivals=1),
+                plgpu.Barrier(num_arrivals=3),
+                plgpu.Barrier(num_arrivals=win.copies),
+            ),
+            grid=(points, parts),
+            grid_names=("points", "parts"),
+            **({"interpret": _interpret_params()} if interpret else {}),
+        )(win.source(x_rows), tile_starts, tile_corners, weights_t, g)
+        return (d_columns.reshape(samples, points, channels),
+                sums.transpose(1, 3, 0, 2).reshape(samples, points, 4),
+                jnp.sum(d_kernel, axis=1).reshape(points * channels, cout))
 
     return run
 
@@ -329,16 +528,59 @@ def conv_forward(batch):
     return run
 
 
+def xla_backward(geom):
+    """What `mosaic_backward` computes, as `deform_conv_xla._deform_matmul_bwd` computes it
+    with XLA: the sampling terms, the columns sampled again, `(d_columns, sums, d_kernel)`."""
+    def run(x_rows, offsets, mask, kernel_matrix, g):
+        top_left, starts, corners, _ = xla._sampling(offsets, mask, geom)
+        columns = xla._columns(x_rows, top_left, starts, corners, kernel_matrix.dtype)
+        d_kernel = jnp.matmul(columns.T, g)
+        d_columns = jnp.matmul(g, kernel_matrix.T).reshape(geom.m_pad, 9, -1)
+        wide = d_columns.astype(jnp.float32)
+        sums = jnp.stack([jnp.sum(wide * value.astype(jnp.float32), axis=-1)
+                          for value in xla._neighbours(x_rows, top_left, starts)], axis=-1)
+        return d_columns, sums, d_kernel
+
+    return run
+
+
+def fused_backward(geom, tile, parts, interpret=False, neighbour_copies=False):
+    """The same with `mosaic_backward`: XLA computes the sampling terms, the kernel the rest."""
+    kernel = mosaic_backward(tile, parts, interpret, neighbour_copies)
+
+    def run(x_rows, offsets, mask, kernel_matrix, g):
+        _, starts, corners, _ = xla._sampling(offsets, mask, geom)
+        return kernel(x_rows, starts, jnp.stack(corners, axis=-1), kernel_matrix, g)
+
+    return run
+
+
+def conv_backward(batch):
+    """A plain 3x3 convolution's input and kernel gradients, for scale."""
+    forward = conv_forward(batch)
+
+    def run(x_rows, offsets, mask, kernel_matrix, g):
+        _, vjp = jax.vjp(lambda x, w: forward(x, offsets, mask, w), x_rows, kernel_matrix)
+        return vjp(g.reshape(forward(x_rows, offsets, mask, kernel_matrix).shape))
+
+    return run
+
+
 def _matches(out, expected, exact):
+    """Whether `out` is `expected` (every array of them), exactly or to within bf16 rounding."""
     if exact:
         return "equal" if bool(jnp.array_equal(out, expected)) else "**no**"
-    out, expected = (np.asarray(a, np.float32) for a in (out, expected))
-    scale = float(np.max(np.abs(expected)))
-    error = float(np.max(np.abs(out - expected)))
-    # Both round a float32 sum of the same bf16 products to bf16; the order of the sums
-    # differs, so outputs may differ by about one bf16 step (2**-8 relative).
-    return f"max diff {error / scale:.1e} of max" if error <= 2 ** -7 * scale else (
-        f"**no**: max diff {error:.3g}, max {scale:.3g}")
+    worst = 0.0
+    for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(expected)):
+        got, want = (np.asarray(jnp.asarray(a).astype(jnp.float32)) for a in (got, want))
+        scale = float(np.max(np.abs(want)))
+        error = float(np.max(np.abs(got - want)))
+        # Both round float32 sums of the same bf16 products to bf16 in a different order, so
+        # values may differ by about one bf16 step (2**-8 relative).
+        if error > 2 ** -7 * scale:
+            return f"**no**: max diff {error:.3g}, max {scale:.3g}"
+        worst = max(worst, error / scale)
+    return f"max diff {worst:.1e} of max"
 
 
 def main():
@@ -350,6 +592,8 @@ def main():
                         help="samples per program of the gathering kernel")
     parser.add_argument("--tiles", type=int, nargs="+", default=[64],
                         help="output pixels per program of the fused forward")
+    parser.add_argument("--parts", type=int, nargs="+", default=[16, 32],
+                        help="programs per kernel point of the fused backward")
     parser.add_argument("--interpret", action="store_true",
                         help="run the Mosaic GPU kernels in Pallas' interpreter (on a CPU)")
     parser.add_argument("--output", default=None, help="markdown file to write")
@@ -373,6 +617,17 @@ def main():
                 name = f"forward: mosaic T{t}" + (", 4 copies a window" if split else "") + (
                     ", columns in registers" if registers else "")
                 forwards.append((name, fused_forward(geom, t, args.interpret, registers, split)))
+
+    g = jnp.asarray(np.random.default_rng(1).normal(size=(pixels, args.channels)), jnp.bfloat16)
+    backwards = [("backward: conv (plain, input and kernel gradients, for scale)",
+                  conv_backward(args.batch)),
+                 ("backward: xla (column gradient, channel sums, kernel gradient)",
+                  xla_backward(geom))]
+    for split in (False, True):
+        for parts in args.parts:
+            for t in args.tiles:
+                name = f"backward: mosaic T{t} P{parts}" + (", 4 copies a window" if split else "")
+                backwards.append((name, fused_backward(geom, t, parts, args.interpret, split)))
 
     rows = []
 
@@ -400,6 +655,11 @@ def main():
         out = measure(name, fn, inputs[:4], expected, exact=False)
         if name == "forward: xla":
             expected = out
+    expected = None
+    for name, fn in backwards:
+        out = measure(name, fn, (*inputs[:4], g), expected, exact=False)
+        if name.startswith("backward: xla"):
+            expected = out
 
     header = [
         "# A DCN's windows with Mosaic GPU: gathered by TMA, and a fused forward",
@@ -412,6 +672,9 @@ def main():
         "- `gather`: every window into an (S, 2, 2, C) array; `matches` against `gather: xla`.",
         "- `forward`: the layer's forward from the padded input, offsets, mask and kernel "
         "(the sampling terms included); `matches` against `forward: xla`.",
+        "- `backward`: from the same and an output gradient, the column gradient, the four "
+        "channel sums and the kernel gradient (not the scatter of the input gradient, nor "
+        "the offset and mask gradients from the sums); `matches` against `backward: xla`.",
         "",
         "| case | ms | M windows/ms | matches | error |",
         "|---|---|---|---|---|",

@@ -327,10 +327,65 @@ def test_mosaic_probe_kernels_lower_for_hopper_at_the_benchmark_shape():
     spec = jax.ShapeDtypeStruct
     operands = (spec((32 * 130, 130, 64), jnp.bfloat16), spec((pixels, 18), jnp.float32),
                 spec((pixels, 9), jnp.float32), spec((9 * 64, 64), jnp.bfloat16))
+    gradient = spec((pixels, 64), jnp.bfloat16)
     cases = [(probe.fused_forward(geom, 64, registers=r, neighbour_copies=n), operands)
              for r in (False, True) for n in (False, True)] + [
+        (probe.fused_backward(geom, 64, parts, neighbour_copies=n), (*operands, gradient))
+        for parts in (16, 32) for n in (False, True)] + [
         (probe.tma_gather(block), (operands[0], spec((pixels, 9, 2), jnp.int32)))
         for block in (32, 64, 128, 256)]
     for fn, args in cases:
         text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text
+
+
+@jax_only
+@pytest.mark.parametrize("neighbour_copies", [False, True])
+def test_mosaic_probe_backward_gives_the_column_gradient_sums_and_kernel_gradient(
+        neighbour_copies):
+    # The fused Mosaic GPU backward (in Pallas' interpreter: 2 tiles of 64 pixels, each of the
+    # 9 kernel points' programs taking both in turn) against NumPy: windows sliced from the
+    # padded input at the DCN's window starts, mixed with its corner weights into bf16
+    # columns; the column gradient g @ W_k^T rounded to bf16; the four channel sums of the
+    # column gradient times each neighbour; the kernel gradient columns^T @ g.
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    probe = _benchmark("probe_mosaic_dcn")
+    cin, cout = 64, 32
+    x_rows, offsets, mask, _, geom = probe.forward_inputs(2, 8, cin, seed=4)
+    rng = np.random.default_rng(5)
+    kernel_matrix = jnp.asarray(rng.normal(size=(9 * cin, cout)) / 24, jnp.bfloat16)
+    g = jnp.asarray(rng.normal(size=(128, cout)), jnp.bfloat16)
+    _, starts, corners, _ = jax.jit(lambda o, m: probe.xla._sampling(o, m, geom))(offsets, mask)
+    corners = jnp.stack(corners, axis=-1)
+    got = probe.mosaic_backward(64, 2, interpret=True, neighbour_copies=neighbour_copies)(
+        x_rows, starts, corners, kernel_matrix, g)
+
+    def f32(a):
+        return np.asarray(jnp.asarray(a).astype(jnp.float32))
+
+    def bf16(a):
+        return f32(jnp.asarray(a, jnp.bfloat16))
+
+    x = f32(x_rows)
+    rows = np.asarray(starts)
+    windows = np.stack([[x[r:r + 2, c:c + 2].reshape(4, cin) for r, c in point]
+                        for point in rows])  # (M, 9, 4, Cin)
+    columns = np.zeros((128, 9, cin), np.float32)
+    for corner in range(4):  # the reference's order of float32 sums
+        columns += windows[:, :, corner] * np.asarray(corners)[:, :, corner, None]
+    columns = bf16(columns)
+    w = f32(kernel_matrix).reshape(9, cin, cout)
+    want_dcol = bf16(np.einsum("mo,kco->mkc", f32(g), w))
+    want_sums = np.einsum("mkc,mkqc->mkq", want_dcol, windows)
+    want_dw = np.einsum("mkc,mo->kco", columns, f32(g)).reshape(9 * cin, cout)
+    d_columns, sums, d_kernel = got
+    assert d_columns.shape == (128, 9, cin) and d_columns.dtype == jnp.bfloat16
+    # One bf16 step where the float32 sums of the matmul round differently.
+    np.testing.assert_allclose(f32(d_columns), want_dcol, rtol=2 ** -7, atol=1e-6)
+    np.testing.assert_allclose(f32(sums), want_sums, rtol=1e-4,
+                               atol=1e-4 * np.abs(want_sums).max())
+    np.testing.assert_allclose(f32(d_kernel), want_dw, rtol=1e-4,
+                               atol=1e-4 * np.abs(want_dw).max())
