@@ -36,9 +36,10 @@
 # then 95 s per step on the cold machine and were rerun by hand on the warm one), then by hand on
 # the same machine 2's fp32 rows without augmentation and 3 without batch 1. Not run, and moot:
 # 11 (12 measured the routing it was to motivate, which is the default since) and 8's DLA-34
-# steps. Still to run: 15 (no machine came for it that session, nor in the sixth session of
-# 2026-12-07, when none was lent; that session added the fused kernels to it, checked in
-# Pallas' interpreter and lowered for CUDA on a CPU by tests/test_benchmark_helpers.py).
+# steps. 15 ran in the sixth session of 2026-12-07 (one H100, at 61410ad, before the `copies`
+# probe existed), then by hand on a fresh H100 `--cases copies gather --blocks 16 32 64 128 256`
+# (results/probe_mosaic_dcn.md; profile_dcn.md section 10: the Mosaic GPU route is closed on
+# Hopper). Nothing is pending on the device.
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only

@@ -1,4 +1,4 @@
-"""Could a Mosaic GPU kernel run a DCN layer faster than XLA? Three probes (issue 10).
+"""Could a Mosaic GPU kernel run a DCN layer faster than XLA? Four probes (issue 10).
 
 The deformable convolution's remaining route to "forward+backward <= 3x a plain conv"
 (`results/profile_dcn.md` section 10) is a Hopper kernel that copies each sample's (2, 2, Cin)
@@ -38,8 +38,14 @@ times each neighbour (for the offset and mask gradients) and the kernel gradient
   per kernel point, each over its share of the tiles of `n` pixels, `dW_k` kept in a wgmma
   accumulator, the columns mixed in shared memory and never written out.
 
-Gathers are checked against `gather: xla` element for element, forwards and backwards against
-the xla case to within bf16 rounding. Needs a Hopper GPU and JAX's Pallas Mosaic GPU
+The copies alone (`copies: Bn`): one TMA copy per window into shared memory and only each
+block's first window written back, with or without the warpgroup barrier Pallas puts before
+each copy; their issue rate without the gather's writes.
+
+Gathers and copies are checked against `gather: xla` element for element, forwards and
+backwards against the xla case to within bf16 rounding. On an H100 (JAX 0.11.2;
+`results/probe_mosaic_dcn.md`) every kernel was slower than XLA's, and the fused kernels with
+one copy per window gave wrong values there (right ones in the interpreter). Needs a Hopper GPU and JAX's Pallas Mosaic GPU
 (`jax.experimental.pallas.mosaic_gpu`); a case that does not build says why in the table
 instead of a time. `--interpret` runs the kernels in Pallas' Mosaic GPU interpreter on a CPU.
 
@@ -125,6 +131,57 @@ def tma_gather(block, interpret=False):
             grid_names=("blocks",),
             **({"interpret": _interpret_params()} if interpret else {}),
         )(starts, x_rows)
+
+    return run
+
+
+def tma_copies(block, auto_barriers=True, interpret=False):
+    """The copies alone: one TMA box copy per window into shared memory, nothing written back
+    but each block's first window (to check). The block's window starts come to shared
+    memory in one copy first. `auto_barriers=False` drops the warpgroup barrier Pallas puts
+    before every copy (`CompilerParams.unsafe_no_auto_barriers`; safe here: no buffer is
+    read and then written again). Measures how fast copies issue, without the gather's 2.4 GB
+    of writes.
+    """
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    def run(x_rows, starts):
+        starts = starts.reshape(-1, 2)
+        samples = starts.shape[0]
+        if samples % block:
+            raise ValueError(f"{samples} samples are not a whole number of blocks of {block}")
+        blocks = samples // block
+        # (block, 4) int32 rows: the TMA's strides are multiples of 16 bytes.
+        block_starts = jnp.pad(starts, [(0, 0), (0, 2)]).reshape(blocks, block, 4)
+
+        def body(starts_ref, x_ref, out_ref, starts_s, windows, loaded, copied):
+            b = lax.axis_index("blocks")
+            plgpu.copy_gmem_to_smem(starts_ref.at[b], starts_s, loaded)
+            plgpu.barrier_wait(loaded)
+
+            @pl.loop(0, block)
+            def _issue(i):
+                src = x_ref.at[pl.ds(starts_s[i, 0], 2), pl.ds(starts_s[i, 1], 2)]
+                plgpu.copy_gmem_to_smem(src, windows.at[i], copied)
+
+            plgpu.barrier_wait(copied)
+            plgpu.copy_smem_to_gmem(windows.at[0], out_ref.at[b])
+            plgpu.wait_smem_to_gmem(0)
+
+        params = {} if auto_barriers else {
+            "compiler_params": plgpu.CompilerParams(unsafe_no_auto_barriers=True)}
+        return plgpu.kernel(
+            body,
+            out_type=jax.ShapeDtypeStruct((blocks, 2, 2, x_rows.shape[-1]), x_rows.dtype),
+            scratch_types=(plgpu.SMEM((block, 4), jnp.int32),
+                           plgpu.SMEM((block, 2, 2, x_rows.shape[-1]), x_rows.dtype),
+                           plgpu.Barrier(num_arrivals=1), plgpu.Barrier(num_arrivals=block)),
+            grid=(blocks,),
+            grid_names=("blocks",),
+            **params,
+            **({"interpret": _interpret_params()} if interpret else {}),
+        )(block_starts, x_rows)
 
     return run
 
@@ -592,6 +649,9 @@ def main():
                         help="samples per program of the gathering kernel")
     parser.add_argument("--tiles", type=int, nargs="+", default=[64],
                         help="output pixels per program of the fused forward")
+    parser.add_argument("--cases", nargs="+", default=["gather", "copies", "forward", "backward"],
+                        choices=["gather", "copies", "forward", "backward"],
+                        help="which probes to run")
     parser.add_argument("--parts", type=int, nargs="+", default=[16, 32],
                         help="programs per kernel point of the fused backward")
     parser.add_argument("--interpret", action="store_true",
@@ -646,23 +706,32 @@ def main():
         print(rows[-1], flush=True)
         return out
 
-    expected = None
-    for name, fn in gathers:
-        out = measure(name, fn, (x_rows, starts), expected, exact=True)
-        expected = out if expected is None else expected
-    expected = None
-    for name, fn in forwards:
-        out = measure(name, fn, inputs[:4], expected, exact=False)
-        if name == "forward: xla":
-            expected = out
-    expected = None
-    for name, fn in backwards:
-        out = measure(name, fn, (*inputs[:4], g), expected, exact=False)
-        if name.startswith("backward: xla"):
-            expected = out
+    if "gather" in args.cases or "copies" in args.cases:
+        every = measure(*gathers[0], (x_rows, starts), None, exact=True)
+    if "gather" in args.cases:
+        for name, fn in gathers[1:]:
+            measure(name, fn, (x_rows, starts), every, exact=True)
+    if "copies" in args.cases:
+        for block in args.blocks:
+            for auto in (True, False):
+                name = f"copies: B{block}" + ("" if auto else ", no auto barriers")
+                measure(name, tma_copies(block, auto, args.interpret), (x_rows, starts),
+                        None if every is None else every[::block], exact=True)
+    if "forward" in args.cases:
+        expected = None
+        for name, fn in forwards:
+            out = measure(name, fn, inputs[:4], expected, exact=False)
+            if name == "forward: xla":
+                expected = out
+    if "backward" in args.cases:
+        expected = None
+        for name, fn in backwards:
+            out = measure(name, fn, (*inputs[:4], g), expected, exact=False)
+            if name.startswith("backward: xla"):
+                expected = out
 
     header = [
-        "# A DCN's windows with Mosaic GPU: gathered by TMA, and a fused forward",
+        "# A DCN layer with Mosaic GPU: windows gathered by TMA, fused forward and backward",
         "",
         f"Device: {device.device_kind}, JAX {jax.__version__}. Batch {args.batch}, "
         f"{args.size}x{args.size}, {args.channels} bf16 channels in and out, 3x3: "
@@ -670,6 +739,8 @@ def main():
         "Median of >= 20 calls. Offsets N(0, 1.5) px.",
         "",
         "- `gather`: every window into an (S, 2, 2, C) array; `matches` against `gather: xla`.",
+        "- `copies`: one TMA copy per window into shared memory, only each block's first "
+        "window written back (`matches` against those of `gather: xla`).",
         "- `forward`: the layer's forward from the padded input, offsets, mask and kernel "
         "(the sampling terms included); `matches` against `forward: xla`.",
         "- `backward`: from the same and an output gradient, the column gradient, the four "

@@ -279,6 +279,10 @@ def test_mosaic_probe_gathers_take_each_window():
     for gather in (probe.xla_gather, probe.tma_gather(16, interpret=True)):
         got = np.asarray(gather(x_rows, starts).astype(jnp.float32))
         np.testing.assert_array_equal(got, want)
+    # The copies alone write back each block's first window.
+    for auto_barriers in (True, False):
+        got = probe.tma_copies(16, auto_barriers, interpret=True)(x_rows, starts)
+        np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), want[::16])
 
 
 @jax_only
@@ -332,6 +336,8 @@ def test_mosaic_probe_kernels_lower_for_hopper_at_the_benchmark_shape():
              for r in (False, True) for n in (False, True)] + [
         (probe.fused_backward(geom, 64, parts, neighbour_copies=n), (*operands, gradient))
         for parts in (16, 32) for n in (False, True)] + [
+        (probe.tma_copies(block, auto), (operands[0], spec((pixels, 9, 2), jnp.int32)))
+        for block in (16, 64) for auto in (True, False)] + [
         (probe.tma_gather(block), (operands[0], spec((pixels, 9, 2), jnp.int32)))
         for block in (32, 64, 128, 256)]
     for fn, args in cases:
