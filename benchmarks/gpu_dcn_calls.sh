@@ -190,7 +190,7 @@ case $phase in
     # and how fast fused kernels that do so run (profile_dcn.md section 10): 4.7M windows of
     # 128x128x64, batch 32, four block sizes; the forward and the backward's column work
     # against XLA's and a plain conv's.
-    timeout 450 python3 benchmarks/probe_mosaic_dcn.py --blocks 32 64 128 256 --tiles 64 \
+    timeout 450 python3 benchmarks/probe_mosaic_dcn.py --blocks 16 32 64 128 256 --tiles 64 \
       --parts 16 32 \
       --output "$OUT/probe_mosaic_dcn.md" 2>&1 | grep -E "^\||^\(|Error" | cut -c1-600
     ;;

@@ -9,7 +9,7 @@ million at DLA-34's 128x128x64 layers (batch 32, nine kernel points). All cases 
 windows `implementation="xla"` samples for the benchmarks' inputs (`deform_conv.make_inputs`:
 offsets N(0, 1.5) px; window starts and corner weights from `deform_conv_xla._sampling`).
 
-Gathering every window into an `(S, 2, 2, C)` array (the copies' issue rate alone):
+Gathering every window into an `(S, 2, 2, C)` array in global memory:
 
 * `gather: xla`: the XLA DCN's own window gather (`deform_conv_xla._gather_windows`);
 * `gather: tma Bn`: a Mosaic GPU kernel, one program per block of `n` samples: one TMA box
@@ -44,8 +44,9 @@ each copy; their issue rate without the gather's writes.
 
 Gathers and copies are checked against `gather: xla` element for element, forwards and
 backwards against the xla case to within bf16 rounding. On an H100 (JAX 0.11.2;
-`results/probe_mosaic_dcn.md`) every kernel was slower than XLA's, and the fused kernels with
-one copy per window gave wrong values there (right ones in the interpreter). Needs a Hopper GPU and JAX's Pallas Mosaic GPU
+`results/probe_mosaic_dcn.md`) the copies alone took longer than XLA's column sampling, every
+fused kernel was slower than XLA's, and those with one copy per window gave wrong values there
+(right ones in the interpreter). Needs a Hopper GPU and JAX's Pallas Mosaic GPU
 (`jax.experimental.pallas.mosaic_gpu`); a case that does not build says why in the table
 instead of a time. `--interpret` runs the kernels in Pallas' Mosaic GPU interpreter on a CPU.
 
@@ -645,8 +646,8 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=128, help="feature map height and width")
     parser.add_argument("--channels", type=int, default=64)
-    parser.add_argument("--blocks", type=int, nargs="+", default=[64, 128, 256],
-                        help="samples per program of the gathering kernel")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[16, 32, 64, 128, 256],
+                        help="windows per program of the gather and copies kernels")
     parser.add_argument("--tiles", type=int, nargs="+", default=[64],
                         help="output pixels per program of the fused forward")
     parser.add_argument("--cases", nargs="+", default=["gather", "copies", "forward", "backward"],
