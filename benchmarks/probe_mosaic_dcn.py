@@ -71,23 +71,47 @@ import deform_conv  # noqa: E402
 from keras_centernet.ops import deform_conv_xla as xla  # noqa: E402
 
 
-def dcn_windows(batch, size, channels, seed=0):
-    """`(x_rows, starts)`: the padded bf16 input as `(B * (H + 2), W + 2, C)` rows and the
-    `(M, 9, 2)` window starts in it of a 3x3 DCN layer's samples, from the benchmarks' inputs."""
-    x_rows, offsets, mask, _, geom = forward_inputs(batch, size, channels, seed)
-    _, starts, _, _ = jax.jit(lambda o, m: xla._sampling(o, m, geom))(offsets, mask)
-    return x_rows, starts
-
-
 def forward_inputs(batch, size, channels, seed=0):
     """`(x_rows, offsets, mask, kernel_matrix, geom)` of a 3x3 DCN layer in bf16, from the
-    benchmarks' inputs."""
+    benchmarks' inputs: `x_rows` is the padded input as `(B * (H + 2), W + 2, C)` rows."""
     x, offsets, mask, kernel, _ = deform_conv.make_inputs(
         np.random.default_rng(seed), batch, size, channels, channels)
     geom = deform_conv.same_geometry(batch, size, size)
     return (xla.padded_rows(jnp.asarray(x, jnp.bfloat16)), jnp.asarray(offsets).reshape(-1, 18),
             jnp.asarray(mask).reshape(-1, 9),
             jnp.asarray(kernel, jnp.bfloat16).reshape(9 * channels, channels), geom)
+
+
+def sampling_terms(offsets, mask, geom):
+    """`(starts, corners)`: the `(M, 9, 2)` window starts in the padded rows and the
+    `(M, 9, 4)` corner weights (mask included) that `implementation="xla"` samples with."""
+    _, starts, corners, _ = xla._sampling(offsets, mask, geom)
+    return starts, jnp.stack(corners, axis=-1)
+
+
+def _with_sampling(geom, kernel):
+    """`kernel(x_rows, starts, corners, *rest)` as a function of the offsets and mask."""
+    def run(x_rows, offsets, mask, *rest):
+        return kernel(x_rows, *sampling_terms(offsets, mask, geom), *rest)
+
+    return run
+
+
+def _padded_to_16_bytes(rows):
+    """int32 `rows` with the last axis padded to a multiple of 4: a TMA copy's strides are
+    multiples of 16 bytes."""
+    width = rows.shape[-1]
+    return jnp.pad(rows, [(0, 0)] * (rows.ndim - 1) + [(0, -width % 4)])
+
+
+def _launch(interpret, auto_barriers=True):
+    """`plgpu.kernel` options: Pallas' interpreter (on a CPU), and no automatic barriers."""
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    options = {"interpret": _interpret_params()} if interpret else {}
+    if not auto_barriers:
+        options["compiler_params"] = plgpu.CompilerParams(unsafe_no_auto_barriers=True)
+    return options
 
 
 def xla_gather(x_rows, starts):
@@ -130,7 +154,7 @@ def tma_gather(block, interpret=False):
                            plgpu.Barrier(num_arrivals=block)),
             grid=(samples // block,),
             grid_names=("blocks",),
-            **({"interpret": _interpret_params()} if interpret else {}),
+            **_launch(interpret),
         )(starts, x_rows)
 
     return run
@@ -153,8 +177,7 @@ def tma_copies(block, auto_barriers=True, interpret=False):
         if samples % block:
             raise ValueError(f"{samples} samples are not a whole number of blocks of {block}")
         blocks = samples // block
-        # (block, 4) int32 rows: the TMA's strides are multiples of 16 bytes.
-        block_starts = jnp.pad(starts, [(0, 0), (0, 2)]).reshape(blocks, block, 4)
+        block_starts = _padded_to_16_bytes(starts).reshape(blocks, block, -1)
 
         def body(starts_ref, x_ref, out_ref, starts_s, windows, loaded, copied):
             b = lax.axis_index("blocks")
@@ -170,8 +193,6 @@ def tma_copies(block, auto_barriers=True, interpret=False):
             plgpu.copy_smem_to_gmem(windows.at[0], out_ref.at[b])
             plgpu.wait_smem_to_gmem(0)
 
-        params = {} if auto_barriers else {
-            "compiler_params": plgpu.CompilerParams(unsafe_no_auto_barriers=True)}
         return plgpu.kernel(
             body,
             out_type=jax.ShapeDtypeStruct((blocks, 2, 2, x_rows.shape[-1]), x_rows.dtype),
@@ -180,8 +201,7 @@ def tma_copies(block, auto_barriers=True, interpret=False):
                            plgpu.Barrier(num_arrivals=1), plgpu.Barrier(num_arrivals=block)),
             grid=(blocks,),
             grid_names=("blocks",),
-            **params,
-            **({"interpret": _interpret_params()} if interpret else {}),
+            **_launch(interpret, auto_barriers),
         )(block_starts, x_rows)
 
     return run
@@ -284,11 +304,9 @@ def _tile_terms(starts, corners, tile):
     if samples % tile:
         raise ValueError(f"{samples} output pixels are not a whole number of tiles of {tile}")
     tiles = samples // tile
-    start_cols = -(-2 * points // 4) * 4
-    tile_starts = jnp.pad(starts.reshape(samples, 2 * points),
-                          [(0, 0), (0, start_cols - 2 * points)])
+    tile_starts = _padded_to_16_bytes(starts.reshape(samples, 2 * points))
     tile_corners = corners.reshape(tiles, tile, 4 * points).transpose(0, 2, 1)
-    return tile_starts.reshape(tiles, tile, start_cols), tile_corners
+    return tile_starts.reshape(tiles, tile, -1), tile_corners
 
 
 def _row_loader(corners_s, interpret):
@@ -392,7 +410,7 @@ def mosaic_forward(tile, interpret=False, registers=False, neighbour_copies=Fals
             ),
             grid=(tiles,),
             grid_names=("tiles",),
-            **({"interpret": _interpret_params()} if interpret else {}),
+            **_launch(interpret),
         )(win.source(x_rows), tile_starts, tile_corners, weights)
 
     return run
@@ -526,7 +544,7 @@ def mosaic_backward(tile, parts, interpret=False, neighbour_copies=False):
             ),
             grid=(points, parts),
             grid_names=("points", "parts"),
-            **({"interpret": _interpret_params()} if interpret else {}),
+            **_launch(interpret),
         )(win.source(x_rows), tile_starts, tile_corners, weights_t, g)
         return (d_columns.reshape(samples, points, channels),
                 sums.transpose(1, 3, 0, 2).reshape(samples, points, 4),
@@ -564,13 +582,7 @@ def xla_forward(geom):
 
 def fused_forward(geom, tile, interpret=False, registers=False, neighbour_copies=False):
     """The forward with `mosaic_forward`: XLA computes the sampling terms, the kernel the rest."""
-    kernel = mosaic_forward(tile, interpret, registers, neighbour_copies)
-
-    def run(x_rows, offsets, mask, kernel_matrix):
-        _, starts, corners, _ = xla._sampling(offsets, mask, geom)
-        return kernel(x_rows, starts, jnp.stack(corners, axis=-1), kernel_matrix)
-
-    return run
+    return _with_sampling(geom, mosaic_forward(tile, interpret, registers, neighbour_copies))
 
 
 def conv_forward(batch):
@@ -587,30 +599,18 @@ def conv_forward(batch):
 
 
 def xla_backward(geom):
-    """What `mosaic_backward` computes, as `deform_conv_xla._deform_matmul_bwd` computes it
-    with XLA: the sampling terms, the columns sampled again, `(d_columns, sums, d_kernel)`."""
+    """What `mosaic_backward` computes, as `implementation="xla"` computes it
+    (`deform_conv_xla.column_work`, after the sampling terms): `(d_columns, sums, d_kernel)`."""
     def run(x_rows, offsets, mask, kernel_matrix, g):
         top_left, starts, corners, _ = xla._sampling(offsets, mask, geom)
-        columns = xla._columns(x_rows, top_left, starts, corners, kernel_matrix.dtype)
-        d_kernel = jnp.matmul(columns.T, g)
-        d_columns = jnp.matmul(g, kernel_matrix.T).reshape(geom.m_pad, 9, -1)
-        wide = d_columns.astype(jnp.float32)
-        sums = jnp.stack([jnp.sum(wide * value.astype(jnp.float32), axis=-1)
-                          for value in xla._neighbours(x_rows, top_left, starts)], axis=-1)
-        return d_columns, sums, d_kernel
+        return xla.column_work(x_rows, top_left, starts, corners, kernel_matrix, g)
 
     return run
 
 
 def fused_backward(geom, tile, parts, interpret=False, neighbour_copies=False):
     """The same with `mosaic_backward`: XLA computes the sampling terms, the kernel the rest."""
-    kernel = mosaic_backward(tile, parts, interpret, neighbour_copies)
-
-    def run(x_rows, offsets, mask, kernel_matrix, g):
-        _, starts, corners, _ = xla._sampling(offsets, mask, geom)
-        return kernel(x_rows, starts, jnp.stack(corners, axis=-1), kernel_matrix, g)
-
-    return run
+    return _with_sampling(geom, mosaic_backward(tile, parts, interpret, neighbour_copies))
 
 
 def conv_backward(batch):
@@ -618,8 +618,8 @@ def conv_backward(batch):
     forward = conv_forward(batch)
 
     def run(x_rows, offsets, mask, kernel_matrix, g):
-        _, vjp = jax.vjp(lambda x, w: forward(x, offsets, mask, w), x_rows, kernel_matrix)
-        return vjp(g.reshape(forward(x_rows, offsets, mask, kernel_matrix).shape))
+        y, vjp = jax.vjp(lambda x, w: forward(x, offsets, mask, w), x_rows, kernel_matrix)
+        return vjp(g.reshape(y.shape))
 
     return run
 
@@ -661,11 +661,11 @@ def main():
     args = parser.parse_args()
 
     device = jax.devices()[0]
-    x_rows, starts = dcn_windows(args.batch, args.size, args.channels)
+    inputs = forward_inputs(args.batch, args.size, args.channels)
+    x_rows, offsets, mask, _, geom = inputs
+    starts, _ = jax.jit(lambda o, m: sampling_terms(o, m, geom))(offsets, mask)
     samples = starts.shape[0] * starts.shape[1]
     window_bytes = samples * 4 * args.channels * 2
-    inputs = forward_inputs(args.batch, args.size, args.channels)
-    geom = inputs[-1]
     pixels = geom.m_pad
     gathers = [("gather: xla", xla_gather)] + [
         (f"gather: tma B{b}", tma_gather(b, args.interpret)) for b in args.blocks]

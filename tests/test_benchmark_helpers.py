@@ -272,7 +272,8 @@ def test_mosaic_probe_gathers_take_each_window():
     import numpy as np
 
     probe = _benchmark("probe_mosaic_dcn")
-    x_rows, starts = probe.dcn_windows(batch=1, size=4, channels=16, seed=1)
+    x_rows, offsets, mask, _, geom = probe.forward_inputs(batch=1, size=4, channels=16, seed=1)
+    starts, _ = probe.sampling_terms(offsets, mask, geom)
     assert x_rows.shape == (6, 6, 16) and starts.shape == (16, 9, 2)
     x = np.asarray(x_rows.astype(jnp.float32))
     want = np.stack([x[r:r + 2, c:c + 2] for r, c in np.asarray(starts).reshape(-1, 2)])
@@ -354,7 +355,6 @@ def test_mosaic_probe_backward_gives_the_column_gradient_sums_and_kernel_gradien
     # padded input at the DCN's window starts, mixed with its corner weights into bf16
     # columns; the column gradient g @ W_k^T rounded to bf16; the four channel sums of the
     # column gradient times each neighbour; the kernel gradient columns^T @ g.
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -364,8 +364,7 @@ def test_mosaic_probe_backward_gives_the_column_gradient_sums_and_kernel_gradien
     rng = np.random.default_rng(5)
     kernel_matrix = jnp.asarray(rng.normal(size=(9 * cin, cout)) / 24, jnp.bfloat16)
     g = jnp.asarray(rng.normal(size=(128, cout)), jnp.bfloat16)
-    _, starts, corners, _ = jax.jit(lambda o, m: probe.xla._sampling(o, m, geom))(offsets, mask)
-    corners = jnp.stack(corners, axis=-1)
+    starts, corners = probe.sampling_terms(offsets, mask, geom)
     got = probe.mosaic_backward(64, 2, interpret=True, neighbour_copies=neighbour_copies)(
         x_rows, starts, corners, kernel_matrix, g)
 

@@ -483,26 +483,37 @@ def _pallas_backward(x_rows, offsets, mask, kernel_matrix, g, geom, keep_columns
     )
 
 
+def column_work(x_rows, top_left, starts, corners, kernel_matrix, g, columns=None):
+    """The backward's work on the columns, with XLA: `(d_columns, sums, d_kernel)`.
+
+    `d_columns = g @ W^T` (M, K, Cin) in the compute dtype's values, as float32; `sums`
+    (M, K, 4) its channel sums times each neighbour (for `offset_and_mask_grads`);
+    `d_kernel = columns^T @ g`. The columns are sampled again unless given. The other
+    arguments are `_sampling`'s and `_deform_matmul`'s.
+    """
+    if columns is None:
+        columns = _columns(x_rows, top_left, starts, corners, kernel_matrix.dtype)
+    d_kernel = jnp.matmul(columns.T, g)
+    d_columns = jnp.matmul(g, kernel_matrix.T).reshape(*top_left.shape, x_rows.shape[-1])
+    d_columns = d_columns.astype(jnp.float32)
+    sums = jnp.stack(
+        [jnp.sum(d_columns * value.astype(jnp.float32), axis=-1)
+         for value in _neighbours(x_rows, top_left, starts)],
+        axis=-1,
+    )
+    return d_columns, sums, d_kernel
+
+
 def _deform_matmul_bwd(geom, keep_columns, residuals, g):
     x_rows, offsets, mask, kernel_matrix, columns = residuals
-    num_points = geom.kh * geom.kw
-    cin = x_rows.shape[-1]
     top_left, starts, corners, terms = _sampling(offsets, mask, geom)
     g = g.astype(kernel_matrix.dtype)
     fused = _pallas_backward(x_rows, offsets, mask, kernel_matrix, g, geom, keep_columns)
     if fused is not None:
         d_columns, sums, d_kernel = fused
     else:
-        if columns is None:
-            columns = _columns(x_rows, top_left, starts, corners, kernel_matrix.dtype)
-        d_kernel = jnp.matmul(columns.T, g)
-        d_columns = jnp.matmul(g, kernel_matrix.T).reshape(geom.m_pad, num_points, cin)
-        d_columns = d_columns.astype(jnp.float32)
-        sums = jnp.stack(
-            [jnp.sum(d_columns * value.astype(jnp.float32), axis=-1)
-             for value in _neighbours(x_rows, top_left, starts)],
-            axis=-1,
-        )
+        d_columns, sums, d_kernel = column_work(
+            x_rows, top_left, starts, corners, kernel_matrix, g, columns)
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
     d_x = input_gradient(
         x_rows.shape, top_left, d_columns, corner_grid(corners),
