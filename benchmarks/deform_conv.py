@@ -27,11 +27,13 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
+import common  # noqa: E402
 from keras_centernet.ops import deform_conv2d  # noqa: E402
 
 # (network, layer(s), spatial size at 512 px input, Cin, Cout, how many in the network)
@@ -112,8 +114,13 @@ def jax_cases(inputs, implementations=("reference",), dtype="float32", loss_weig
     loss_weights = jnp.asarray(loss_weights)
 
     def make_dcn(implementation):
+        # "xla:option:...": the XLA version with `common.set_dcn_xla_options`,
+        # set while the function (and its gradient) is traced, below.
+        name, *options = implementation.split(":")
+
         def dcn(x, offsets, mask, kernel, bias):
-            return deform_conv2d(x, offsets, mask, kernel, bias, implementation=implementation)
+            common.set_dcn_xla_options(options)
+            return deform_conv2d(x, offsets, mask, kernel, bias, implementation=name)
 
         def dcn_loss(x, offsets, mask, kernel, bias, loss_weights):
             return weighted_square(dcn(x, offsets, mask, kernel, bias), loss_weights)
@@ -151,6 +158,8 @@ def jax_cases(inputs, implementations=("reference",), dtype="float32", loss_weig
             print(f"  {name}: {type(error).__name__}: {str(error)[:300]}", flush=True)
             results[name] = (None, None)
             continue
+        finally:
+            common.set_dcn_xla_options([])
         analysis = compiled.memory_analysis()
         peak = None
         if analysis is not None:
@@ -226,14 +235,20 @@ def parity(inputs, implementation="fused"):
     with jax.default_matmul_precision("highest"):
         values = {}
         for impl in ("reference", implementation):
-            def loss(x, offsets, mask, kernel, bias, impl=impl):
-                y = deform_conv2d(x, offsets, mask, kernel, bias, implementation=impl)
+            name, *options = impl.split(":")  # "xla:option": as `jax_cases`
+
+            def loss(x, offsets, mask, kernel, bias, name=name, options=options):
+                common.set_dcn_xla_options(options)
+                y = deform_conv2d(x, offsets, mask, kernel, bias, implementation=name)
                 # A fixed non-uniform cotangent: every output element counts differently.
                 weights = jnp.cos(jnp.arange(y.size, dtype="float32")).reshape(y.shape)
                 return jnp.sum(y * weights), y
 
-            (_, y), grads = jax.jit(
-                jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+            try:
+                (_, y), grads = jax.jit(
+                    jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+            finally:
+                common.set_dcn_xla_options([])
             values[impl] = (y, *grads)
     for name, a, b in zip(("y", "dx", "doffsets", "dmask", "dkernel", "dbias"),
                           values[implementation], values["reference"]):

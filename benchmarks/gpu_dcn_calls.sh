@@ -20,6 +20,7 @@
 #                                        # the default resnet18_dcn bf16 step
 #   bash benchmarks/gpu_dcn_calls.sh 15  # probe_mosaic_dcn.py: one TMA box copy per DCN window against XLA's gather,
 #                                        # and fused Mosaic GPU forward and backward kernels against XLA's
+#   bash benchmarks/gpu_dcn_calls.sh 16  # profile_dcn.py + deform_conv.py: projected first (KERNEL_FIRST) or not
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -46,7 +47,7 @@
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1 to 15"}
+phase=${1:?"phase: 1 to 16"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -194,5 +195,22 @@ case $phase in
       --parts 16 32 \
       --output "$OUT/probe_mosaic_dcn.md" 2>&1 | grep -E "^\||^\(|Error" | cut -c1-600
     ;;
-  *) echo "unknown phase $phase (1 to 15)" >&2; exit 2 ;;
+  16)
+    # Projected first (deform_conv_xla.KERNEL_FIRST): z = x @ W_k for every kernel point, then
+    # z's windows (Cout channels) sampled instead of the input's (Cin), no column tensor.
+    # Every DLA-34 / ResNet-18-DCN shape in bf16, both forms and its scatter forms; then the
+    # whole networks, both forms, float32 and bfloat16.
+    export XLA_FLAGS=--xla_gpu_enable_command_buffer=
+    timeout 190 python3 benchmarks/profile_dcn.py conv xla:columnsfirst xla:kernelfirst \
+      --dtypes bfloat16 --shapes 0 1 2 3 4 5 6 --budget 150 --output "$OUT/profile_dcn_kf.md" \
+      2>&1 | grep -E "^\||Error" | cut -c1-300
+    timeout 60 python3 benchmarks/profile_dcn.py conv xla:kernelfirst:sortrowscatter \
+      xla:kernelfirst:winscatter --dtypes bfloat16 --shapes 0 1 --budget 40 \
+      --output "$OUT/profile_dcn_kf_scatter.md" 2>&1 | grep -E "^\||Error" | cut -c1-300
+    unset XLA_FLAGS
+    timeout 320 python3 benchmarks/deform_conv.py --implementations xla:columnsfirst,xla:kernelfirst \
+      --batches 32 --bf16-batches 32 --budget 290 --output "$OUT/deform_conv_kf.md" 2>&1 \
+      | grep -vi warning | tail -14
+    ;;
+  *) echo "unknown phase $phase (1 to 16)" >&2; exit 2 ;;
 esac

@@ -30,7 +30,11 @@ Pallas kernels' tile setting `FIELD` of `deform_conv_jax.KernelConfig` set to
 a bounds test per gathered element, instead of being written once,
 `deform_conv_xla.PAD_BARRIER`), `termsbarrier` (each sample's window start and
 corner weights written before the gathers, `TERMS_BARRIER`) and `packed`
-(bfloat16 channel pairs gathered as one uint32, `PACKED_GATHER`);
+(bfloat16 channel pairs gathered as one uint32, `PACKED_GATHER`),
+`kernelfirst` / `columnsfirst` / `kernelfirstauto` (the input projected by
+every kernel point first, `z = x @ W_k`, and `z`'s windows sampled instead of
+the input's, or not, or where `_kernel_first` finds `z` smaller:
+`KERNEL_FIRST = True / False / None`);
 options join with `:` (`xla:keep:lowscatter`).
 `conv` is the plain 3x3 convolution of the same shape.
 """
@@ -57,11 +61,16 @@ from profile_step import CLASSES  # noqa: E402
 from profile_step import kernel_class  # noqa: E402
 from profile_step import kernel_events  # noqa: E402
 
-# (label, spatial size, Cin, Cout): DLA-34's heaviest DCN shapes at 512 px.
+# (label, spatial size, Cin, Cout): DLA-34's heaviest DCN shapes at 512 px
+# (the default `--shapes`), then its others (also ResNet-18-DCN's).
 SHAPES = [
     ("128x128 64->64", 128, 64, 64),
     ("64x64 128->64", 64, 128, 64),
     ("64x64 128->128", 64, 128, 128),
+    ("32x32 256->64", 32, 256, 64),
+    ("32x32 256->128", 32, 256, 128),
+    ("32x32 256->256", 32, 256, 256),
+    ("16x16 512->256", 16, 512, 256),
 ]
 DEFAULT_VARIANTS = [
     "conv", "reference", "xla", "xla:winscatter", "xla:rows", "xla:keep", "xla:rowscatter", "xla:sortscatter",
@@ -160,8 +169,8 @@ def main():
     parser.add_argument("variants", nargs="*", default=DEFAULT_VARIANTS)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
-    parser.add_argument("--shapes", nargs="+", type=int, default=list(range(len(SHAPES))),
-                        help="indices into SHAPES")
+    parser.add_argument("--shapes", nargs="+", type=int, default=[0, 1, 2],
+                        help=f"indices into SHAPES (0-{len(SHAPES) - 1})")
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--hlo-dump", metavar="DIR",
                         help="write each case's optimised HLO to DIR/<shape>_<dtype>_<variant>.hlo")

@@ -123,7 +123,7 @@ def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
     common = _benchmark("common")
     config = jax_kernels.DEFAULT_CONFIG
     names = ["KEEP_COLUMNS", "GATHER_FORM", "SCATTER_FORM", "SCATTER_DTYPE", "FORWARD",
-             "BACKWARD", "PAD_BARRIER", "TERMS_BARRIER", "PACKED_GATHER"]
+             "BACKWARD", "PAD_BARRIER", "TERMS_BARRIER", "PACKED_GATHER", "KERNEL_FIRST"]
     defaults = {name: getattr(xla, name) for name in names}
     expected = {
         "keep": ("KEEP_COLUMNS", True), "rows": ("GATHER_FORM", "rows"),
@@ -131,6 +131,8 @@ def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
         "pallasfwd": ("FORWARD", "pallas"), "pallasbwd": ("BACKWARD", "pallas"),
         "padfused": ("PAD_BARRIER", False),
         "termsbarrier": ("TERMS_BARRIER", True), "packed": ("PACKED_GATHER", True),
+        "kernelfirst": ("KERNEL_FIRST", True), "columnsfirst": ("KERNEL_FIRST", False),
+        "kernelfirstauto": ("KERNEL_FIRST", None),
     }
     try:
         for option, (name, value) in expected.items():
@@ -142,6 +144,8 @@ def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
             assert {n: getattr(xla, n) for n in names} == defaults
         with pytest.raises(ValueError, match="unknown DCN options"):
             common.set_dcn_xla_options(["nosuch"])
+        with pytest.raises(ValueError, match="more than one of"):
+            common.set_dcn_xla_options(["kernelfirst", "columnsfirst"])
         common.set_dcn_xla_options(["pallasbwd", "cfg.bwd_block_m=128", "cfg.bwd_warps=8"])
         assert jax_kernels.DEFAULT_CONFIG == config._replace(bwd_block_m=128, bwd_warps=8)
         assert xla.BACKWARD == "pallas"
@@ -154,6 +158,36 @@ def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
         for name, value in defaults.items():
             setattr(xla, name, value)
         jax_kernels.DEFAULT_CONFIG = config
+
+
+@jax_only
+def test_deform_conv_benchmark_sets_xla_options_while_tracing_and_restores_them(monkeypatch):
+    # `deform_conv.py --implementations xla,xla:kernelfirst`: the option must
+    # hold while the function and its gradient are traced (else the row times
+    # the default under the option's name), and the next case must run
+    # without it.
+    import numpy as np
+
+    from keras_centernet.ops import deform_conv_xla as xla
+
+    deform_conv = _benchmark("deform_conv")
+    calls = []
+    for name in ("_kernel_first_forward", "_kernel_first_backward"):
+        original = getattr(xla, name)
+        monkeypatch.setattr(xla, name, lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
+    default = xla.KERNEL_FIRST
+    rng = np.random.default_rng(0)
+    inputs = deform_conv.make_inputs(rng, 1, 6, 8, 4)
+    differences = deform_conv.parity(inputs, "xla:kernelfirst")
+    assert set(calls) == {"_kernel_first_forward", "_kernel_first_backward"}
+    assert max(differences.values()) < 1e-5, differences
+    assert xla.KERNEL_FIRST == default
+    calls.clear()
+    results = deform_conv.jax_cases(
+        inputs, ("xla:kernelfirst",), loss_weights=deform_conv.make_loss_weights(rng, 1, 6, 4))
+    assert set(calls) == {"_kernel_first_forward", "_kernel_first_backward"}
+    assert results["xla:kernelfirst_fb"][0] > 0 and results["conv_fb"][0] > 0
+    assert xla.KERNEL_FIRST == default
 
 
 def test_case_xla_flags(benchmarks):

@@ -85,6 +85,16 @@ FORWARD = "xla"
 # a DLA-34 step needed 8.9 GiB instead of 14.5 at about the same speed
 # (benchmarks/results/profile_dcn.md section 9).
 BACKWARD = "xla"
+# Project first: `sample_k(x) @ W_k = sample_k(x @ W_k)` (bilinear sampling is
+# linear in the pixels and the kernel acts on the channels; the zero padding
+# projects to zeros), so the forward can be one dense matmul
+# `z = x @ [W_0 ... W_8]` (every input pixel, K * Cout values) and one gathering
+# sum of `z`'s windows, and the backward the channel sums with `z`'s windows,
+# a scatter-add of the output gradient into `dz` and two dense matmuls. Every
+# per-sample tensor then has Cout channels instead of Cin, and no column tensor
+# is written. True or False, or None: where `_kernel_first` finds the
+# projection smaller than the columns.
+KERNEL_FIRST = False
 
 Geometry = collections.namedtuple(
     "Geometry",
@@ -434,8 +444,10 @@ def _pallas_forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
                 jnp.zeros((cout,), jnp.float32))
 
 
-def _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
-    """The (M, Cout) output and the columns (None unless computed by XLA)."""
+def _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns, kernel_first):
+    """The (M, Cout) output and what `keep_columns` keeps (the columns, or the projection `z`)."""
+    if kernel_first:
+        return _kernel_first_forward(x_rows, offsets, mask, kernel_matrix, geom)
     out = _pallas_forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns)
     if out is not None:
         return out, None
@@ -444,13 +456,156 @@ def _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
     return jnp.matmul(columns, kernel_matrix), columns
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _deform_matmul(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
-    return _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns)[0]
+# === Project first (`KERNEL_FIRST`) ===
+# `z` is the zero-padded input projected by every kernel point's matrix,
+# (B * (H + 2), W + 2, K, Cout): sample (m, k) reads the 2x2 window of slice k
+# at its top-left neighbour.
+_POINT_WINDOW_GATHER = lax.GatherDimensionNumbers(
+    offset_dims=(2, 3, 4), collapsed_slice_dims=(2,), start_index_map=(0, 1, 2)
+)
+_POINT_WINDOW_SCATTER = lax.ScatterDimensionNumbers(
+    update_window_dims=(2, 3, 4), inserted_window_dims=(2,),
+    scatter_dims_to_operand_dims=(0, 1, 2),
+)
 
 
-def _deform_matmul_fwd(x_rows, offsets, mask, kernel_matrix, geom, keep_columns):
-    out, columns = _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns)
+def _kernel_first(geom, cin, cout):
+    """Whether to project first: `KERNEL_FIRST`, else where `z` has fewer values than the columns.
+
+    The columns hold `M * K * Cin` values (M output pixels), `z` holds
+    `(B * (H + 2) * (W + 2)) * K * Cout`.
+    """
+    if KERNEL_FIRST is not None:
+        return bool(KERNEL_FIRST)
+    padded_pixels = geom.batch * (geom.height + 2) * (geom.width + 2)
+    return padded_pixels * cout < geom.m_pad * cin
+
+
+def _point_matrix(kernel_matrix, num_points):
+    """The (K * Cin, Cout) kernel as (Cin, K * Cout): `z = x @ W` for every kernel point at once."""
+    cin = kernel_matrix.shape[0] // num_points
+    cout = kernel_matrix.shape[-1]
+    return kernel_matrix.reshape(num_points, cin, cout).transpose(1, 0, 2).reshape(
+        cin, num_points * cout)
+
+
+def _projected(x_rows, kernel_matrix, num_points):
+    """`z` (B * (H + 2), W + 2, K, Cout) in the dtype of `kernel_matrix`."""
+    rows, cols, cin = x_rows.shape
+    z = jnp.matmul(x_rows.reshape(-1, cin).astype(kernel_matrix.dtype),
+                   _point_matrix(kernel_matrix, num_points))
+    return z.reshape(rows, cols, num_points, -1)
+
+
+def _point_starts(top_left, points, cols):
+    """(..., 3): each sample's top-left neighbour (row, column) in `z` and its kernel point."""
+    points = jnp.broadcast_to(points, top_left.shape)
+    return jnp.concatenate([_window_starts(top_left, cols), points[..., None]], axis=-1)
+
+
+def _projected_neighbours(z, top_left):
+    """The four neighbours (as `_neighbours`) of every sample in its kernel point's slice of `z`, each (M, K, Cout)."""
+    rows, cols, num_points, cout = z.shape
+    if _gather_form() == "window":
+        window = lax.gather(
+            z, _point_starts(top_left, jnp.arange(num_points, dtype=jnp.int32), cols),
+            _POINT_WINDOW_GATHER,
+            slice_sizes=(2, 2, 1, cout), mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+        )
+        return [window[:, :, i, j] for i in (0, 1) for j in (0, 1)]
+    flat = z.reshape(-1, cout)
+    points = jnp.arange(num_points, dtype=jnp.int32)
+    return [
+        jnp.take(flat, (top_left + (i * cols + j)) * num_points + points, axis=0, mode="clip")
+        for i in (0, 1) for j in (0, 1)
+    ]
+
+
+def _kernel_first_forward(x_rows, offsets, mask, kernel_matrix, geom):
+    """The (M, Cout) output as the corner-weighted sum of `z`'s windows, and `z`."""
+    top_left, _, corners, _ = _sampling(offsets, mask, geom)
+    z = _projected(x_rows, kernel_matrix, geom.kh * geom.kw)
+    mixed = None
+    for value, corner in zip(_projected_neighbours(z, top_left), corners):
+        term = value.astype(jnp.float32) * corner[..., None]
+        mixed = term if mixed is None else mixed + term
+    return jnp.sum(mixed, axis=1).astype(kernel_matrix.dtype), z
+
+
+def _scatter_projected(z_shape, top_left, g, grid, dtype=jnp.float32):
+    """`dz`: every sample's (2, 2) window of output gradient times its corner weights, summed into `z`'s shape.
+
+    `g` (M, Cout) is the output gradient in float32, `grid` (M, K, 2, 2) the
+    corner weights; the scatter takes `_scatter_form`'s form (sorted by
+    destination on a GPU), the sum is taken in `dtype`.
+    """
+    rows, cols, num_points, cout = z_shape
+    form = _scatter_form(cout)
+    if form in ("rows", "sortedrows"):
+        # Flat rows of z viewed as (B * (H + 2) * (W + 2) * K, Cout).
+        points = jnp.arange(num_points, dtype=jnp.int32)
+        shifts = jnp.array([0, 1, cols, cols + 1], jnp.int32)
+        dest = (top_left[..., None] + shifts) * num_points + points[:, None]  # (M, K, 4)
+        sample = jnp.broadcast_to(jnp.arange(g.shape[0], dtype=jnp.int32)[:, None, None], dest.shape)
+        dest, sample, weights = dest.reshape(-1), sample.reshape(-1), grid.reshape(-1)
+        if form == "sortedrows":
+            dest, order = _sorted(dest)
+            sample, weights = _rows_in_order(sample, order), _rows_in_order(weights, order)
+        updates = _rows_in_order(g, sample) * weights[:, None]
+        flat = jnp.zeros((rows * cols * num_points, cout), dtype).at[dest].add(
+            updates.astype(dtype), indices_are_sorted=form == "sortedrows",
+            mode="promise_in_bounds",
+        )
+        return flat.reshape(z_shape)
+    points = jnp.arange(num_points, dtype=jnp.int32)
+    if form == "sorted":
+        # Sample s = m * K + k, sorted by its destination (top-left, k).
+        keys, order = _sorted((top_left * num_points + points).reshape(-1))
+        starts = _point_starts(lax.div(keys, num_points), lax.rem(keys, num_points), cols)[:, None]
+        g_rows = _rows_in_order(g, lax.div(order, num_points))[:, None]  # (S, 1, Cout)
+        grid = _rows_in_order(grid.reshape(-1, 2, 2), order)[:, None]  # (S, 1, 2, 2)
+    else:
+        starts = _point_starts(top_left, points, cols)  # (M, K, 3)
+        g_rows = jnp.broadcast_to(g[:, None], (g.shape[0], num_points, cout))
+    updates = g_rows[:, :, None, None, :] * grid[..., None]
+    return lax.scatter_add(
+        jnp.zeros(z_shape, dtype), starts, updates.astype(dtype), _POINT_WINDOW_SCATTER,
+        indices_are_sorted=form == "sorted", mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+
+
+def _kernel_first_backward(x_rows, offsets, mask, kernel_matrix, g, geom, z=None):
+    """`(d_x_rows, d_offsets, d_mask, d_kernel)` of the projected form (`z` recomputed unless given)."""
+    num_points = geom.kh * geom.kw
+    top_left, _, corners, terms = _sampling(offsets, mask, geom)
+    if z is None:
+        z = _projected(x_rows, kernel_matrix, num_points)
+    g32 = g.astype(jnp.float32)
+    sums = jnp.stack(
+        [jnp.sum(g32[:, None, :] * value.astype(jnp.float32), axis=-1)
+         for value in _projected_neighbours(z, top_left)],
+        axis=-1,
+    )
+    d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
+    d_z = _scatter_projected(
+        z.shape, top_left, g32, corner_grid(corners),
+        jnp.float32 if SCATTER_DTYPE is None else x_rows.dtype,
+    ).astype(kernel_matrix.dtype).reshape(-1, num_points * z.shape[-1])
+    matrix = _point_matrix(kernel_matrix, num_points)
+    cin = x_rows.shape[-1]
+    d_x = jnp.matmul(d_z, matrix.T).reshape(x_rows.shape)
+    d_matrix = jnp.matmul(x_rows.reshape(-1, cin).astype(kernel_matrix.dtype).T, d_z)
+    d_kernel = d_matrix.reshape(cin, num_points, -1).transpose(1, 0, 2).reshape(kernel_matrix.shape)
+    return d_x, d_offsets, d_mask, d_kernel
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _deform_matmul(x_rows, offsets, mask, kernel_matrix, geom, keep_columns, kernel_first):
+    return _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns, kernel_first)[0]
+
+
+def _deform_matmul_fwd(x_rows, offsets, mask, kernel_matrix, geom, keep_columns, kernel_first):
+    out, columns = _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns, kernel_first)
     kept = columns if keep_columns else None
     return out, (x_rows, offsets, mask, kernel_matrix, kept)
 
@@ -504,10 +659,15 @@ def column_work(x_rows, top_left, starts, corners, kernel_matrix, g, columns=Non
     return d_columns, sums, d_kernel
 
 
-def _deform_matmul_bwd(geom, keep_columns, residuals, g):
+def _deform_matmul_bwd(geom, keep_columns, kernel_first, residuals, g):
     x_rows, offsets, mask, kernel_matrix, columns = residuals
-    top_left, starts, corners, terms = _sampling(offsets, mask, geom)
     g = g.astype(kernel_matrix.dtype)
+    if kernel_first:
+        d_x, d_offsets, d_mask, d_kernel = _kernel_first_backward(
+            x_rows, offsets, mask, kernel_matrix, g, geom, columns)
+        return (d_x.astype(x_rows.dtype), d_offsets.reshape(offsets.shape), d_mask,
+                d_kernel.astype(kernel_matrix.dtype))
+    top_left, starts, corners, terms = _sampling(offsets, mask, geom)
     fused = _pallas_backward(x_rows, offsets, mask, kernel_matrix, g, geom, keep_columns)
     if fused is not None:
         d_columns, sums, d_kernel = fused
@@ -595,6 +755,7 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
         kernel.reshape(kh * kw * cin, cout),
         geom,
         bool(KEEP_COLUMNS if keep_columns is None else keep_columns),
+        _kernel_first(geom, cin, cout),
     )
     if bias is not None:
         y = y + jnp.asarray(bias).astype(y.dtype)

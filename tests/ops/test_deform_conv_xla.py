@@ -33,23 +33,28 @@ def xla():
 
 
 @pytest.mark.parametrize(
-    "keep_columns, gather_form, scatter_form, pad_barrier, terms_barrier",
-    # The CPU's row gathers and the GPU's window gathers both run here.
-    [(False, "rows", "window", True, False), (True, "rows", "window", True, False),
-     (False, "window", "window", True, False), (True, "window", "window", True, False),
-     (False, "rows", "rows", True, False), (False, "rows", "sorted", True, False),
-     (False, "rows", "sortedrows", True, False), (False, "window", "sorted", False, False),
-     (False, "window", "sorted", True, True)],
+    "keep_columns, gather_form, scatter_form, pad_barrier, terms_barrier, kernel_first",
+    # The CPU's row gathers and the GPU's window gathers both run here, in
+    # the column form and projected first (`KERNEL_FIRST`).
+    [(False, "rows", "window", True, False, False), (True, "rows", "window", True, False, False),
+     (False, "window", "window", True, False, False), (True, "window", "window", True, False, False),
+     (False, "rows", "rows", True, False, False), (False, "rows", "sorted", True, False, False),
+     (False, "rows", "sortedrows", True, False, False), (False, "window", "sorted", False, False, False),
+     (False, "window", "sorted", True, True, False),
+     (False, "rows", "window", True, False, True), (True, "window", "window", True, False, True),
+     (False, "rows", "rows", True, False, True), (False, "window", "sorted", True, False, True),
+     (True, "window", "sortedrows", False, False, True)],
 )
 @pytest.mark.parametrize("case", ["A", "B", "C", "D"])
 def test_forward_and_gradients_match_official(
     fixture_path, xla, monkeypatch, case, keep_columns, gather_form, scatter_form, pad_barrier,
-    terms_barrier,
+    terms_barrier, kernel_first,
 ):
     monkeypatch.setattr(xla, "GATHER_FORM", gather_form)
     monkeypatch.setattr(xla, "SCATTER_FORM", scatter_form)
     monkeypatch.setattr(xla, "PAD_BARRIER", pad_barrier)
     monkeypatch.setattr(xla, "TERMS_BARRIER", terms_barrier)
+    monkeypatch.setattr(xla, "KERNEL_FIRST", kernel_first)
     c = load_case(fixture_path, case)
 
     def fn(x, offsets, mask, kernel, bias):
@@ -66,13 +71,16 @@ def test_forward_and_gradients_match_official(
         assert_close_to_reference(grad, c[f"d_{name}"], f"{case} d_{name}")
 
 
+@pytest.mark.parametrize("kernel_first", [False, True])
 @pytest.mark.parametrize(
     "strides, dilation, padding, cin, cout",
     [(1, 1, 1, 8, 12), (1, 2, 2, 12, 8), (2, 1, 1, 10, 6), (1, 1, 0, 4, 4)],
 )
-def test_matches_reference_values_and_gradients(rng, xla, strides, dilation, padding, cin, cout):
+def test_matches_reference_values_and_gradients(rng, xla, monkeypatch, strides, dilation, padding,
+                                                cin, cout, kernel_first):
     # Offsets of 2.5 px (sd) put many samples across the border and outside
     # (-1, H) x (-1, W); the truth is the automatic gradient of the reference.
+    monkeypatch.setattr(xla, "KERNEL_FIRST", kernel_first)
     height, width = 9, 11
     span = 2 * dilation + 1
     out_h = (height + 2 * padding - span) // strides + 1
@@ -124,10 +132,11 @@ def test_hand_computed_gradients_of_one_sample(xla):
     np.testing.assert_allclose(np.asarray(dkernel).ravel(), [0.5 * 2.0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("scatter_dtype, backward", [(None, "xla"), ("input", "xla"),
-                                                     (None, "pallas")])
+@pytest.mark.parametrize("scatter_dtype, backward, kernel_first",
+                         [(None, "xla", False), ("input", "xla", False), (None, "pallas", False),
+                          (None, "xla", True), ("input", "xla", True)])
 def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla, monkeypatch, scatter_dtype,
-                                                              backward):
+                                                              backward, kernel_first):
     # Mixed precision: bf16 input, kernel and bias, float32 offsets and mask.
     # The truth is the float32 reference on the same (bf16-rounded) values;
     # the XLA version must be about as close to it as the reference run in
@@ -135,7 +144,9 @@ def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla, monkeypa
     # orders of float32 sums); with `SCATTER_DTYPE = "input"` the input
     # gradient is summed in bf16, as the reference's automatic gradient does;
     # with `BACKWARD = "pallas"` (whose tiles take these shapes) the column
-    # gradient, channel sums and kernel gradient come from the Pallas kernel.
+    # gradient, channel sums and kernel gradient come from the Pallas kernel;
+    # with `KERNEL_FIRST` the projection `z` and its gradient are rounded to
+    # bf16 instead of the columns and theirs.
     import jax.numpy as jnp
 
     from keras_centernet.ops import deform_conv_jax
@@ -146,6 +157,7 @@ def test_bfloat16_is_as_accurate_as_the_reference_in_bfloat16(rng, xla, monkeypa
                         lambda *a: calls.append(a) or original(*a))
     monkeypatch.setattr(xla, "SCATTER_DTYPE", scatter_dtype)
     monkeypatch.setattr(xla, "BACKWARD", backward)
+    monkeypatch.setattr(xla, "KERNEL_FIRST", kernel_first)
     x, offsets, mask, kernel, bias = _random_inputs(rng, 2, 8, 8, 16, 16, 8, 8)
     bf16 = [jnp.asarray(a, jnp.bfloat16) for a in (x, kernel, bias)]
     args = (bf16[0], offsets, mask, bf16[1], bf16[2])
@@ -320,6 +332,25 @@ def test_default_scatter_form_by_platform_and_channels(xla, monkeypatch, backend
     assert xla._scatter_form(channels) == expected
     monkeypatch.setattr(xla, "SCATTER_FORM", "rows")
     assert xla._scatter_form(channels) == "rows"
+
+
+@pytest.mark.parametrize("kernel_first", [False, True])
+def test_kernel_first_option_picks_the_projected_passes(rng, xla, monkeypatch, kernel_first):
+    # Projected first, no column tensor is formed: `_columns` must not run,
+    # and both projected passes must; in the column form, the reverse.
+    import jax
+
+    calls = []
+    for name in ("_columns", "_kernel_first_forward", "_kernel_first_backward"):
+        original = getattr(xla, name)
+        monkeypatch.setattr(xla, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    monkeypatch.setattr(xla, "KERNEL_FIRST", kernel_first)
+    x, offsets, mask, kernel, _ = _random_inputs(rng, 1, 5, 5, 6, 3, 5, 5)
+    jax.grad(lambda x: xla.deform_conv2d(x, offsets, mask, kernel).sum())(x)
+    if kernel_first:
+        assert sorted(set(calls)) == ["_kernel_first_backward", "_kernel_first_forward"]
+    else:
+        assert set(calls) == {"_columns"}
 
 
 def _barrier_shapes(xla, rng, wrt):
