@@ -123,6 +123,8 @@ def worker(args):
     import jax
 
     common.emit("environment", line=common.environment_line(), platform=jax.devices()[0].platform)
+    # Benchmark-only: options of the XLA deformable convolution (profile_dcn.py's).
+    common.dcn_xla_options_from_environment()
     for case in args.cases:
         preset, dtype = case.split(":")
         common.start(case)

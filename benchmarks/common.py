@@ -141,6 +141,18 @@ def set_dcn_xla_options(options):
     deform_conv_xla.PACKED_GATHER = "packed" in options
 
 
+def dcn_xla_options_from_environment():
+    """Benchmark-only: `set_dcn_xla_options` from `BENCH_DCN_XLA_OPTIONS` (comma-separated), where set.
+
+    For a worker process (`training_step.py`, `architectures.py`) to measure
+    an option of the XLA deformable convolution in a whole model before it is
+    adopted, e.g. `BENCH_DCN_XLA_OPTIONS=keep,rows`.
+    """
+    options = os.environ.get("BENCH_DCN_XLA_OPTIONS")
+    if options is not None:
+        set_dcn_xla_options([o for o in options.split(",") if o])
+
+
 def base_case(key):
     """A results key without its `@GPU|DCN` tag (`training_step.merged_key`)."""
     return key.split("@")[0]

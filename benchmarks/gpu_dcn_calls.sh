@@ -21,6 +21,7 @@
 #   bash benchmarks/gpu_dcn_calls.sh 15  # probe_mosaic_dcn.py: one TMA box copy per DCN window against XLA's gather,
 #                                        # and fused Mosaic GPU forward and backward kernels against XLA's
 #   bash benchmarks/gpu_dcn_calls.sh 16  # profile_dcn.py + deform_conv.py: projected first (KERNEL_FIRST) or not
+#   bash benchmarks/gpu_dcn_calls.sh 17  # resnet18_dcn and DLA-34 bf16 inference: columns first, projected first where smaller
 #
 # Done on 2026-12-06 (H100; results/profile_dcn.md, deform_conv_xla.md,
 # training_step.md): phase 1 before the sorted default, phase 2 in bf16
@@ -47,7 +48,7 @@
 # --merge benchmarks/results/training_step.json <new json>` (each row keeps its
 # GPU and DCN implementation), then `python benchmarks/gpu.py`.
 set -u
-phase=${1:?"phase: 1 to 16"}
+phase=${1:?"phase: 1 to 17"}
 OUT=${OUT:-/tmp/gpu_dcn_calls}
 mkdir -p "$OUT" /tmp/gpu_dcn_work
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -212,5 +213,15 @@ case $phase in
       --batches 32 --bf16-batches 32 --budget 290 --output "$OUT/deform_conv_kf.md" 2>&1 \
       | grep -vi warning | tail -14
     ;;
-  *) echo "unknown phase $phase (1 to 16)" >&2; exit 2 ;;
+  17)
+    # Inference (architectures.py: bs1 latency, batch-32 img/s) of resnet18_dcn and DLA-34 in
+    # bf16 with the DCNs in the column form, then projected first where deform_conv_xla's rule
+    # picks it (KERNEL_FIRST = None: a forward alone wherever z is smaller than the columns).
+    for options in columnsfirst kernelfirstauto; do
+      BENCH_DCN_XLA_OPTIONS=$options timeout 165 python3 benchmarks/architectures.py \
+        --presets resnet18_dcn dla34 --dtypes mixed_bfloat16 --case-timeout 120 --budget 150 \
+        --output "$OUT/architectures_$options.md" 2>&1 | grep -E "^\| (resnet18_dcn|dla34)|Error" | cut -c1-300
+    done
+    ;;
+  *) echo "unknown phase $phase (1 to 17)" >&2; exit 2 ;;
 esac

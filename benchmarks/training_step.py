@@ -181,11 +181,8 @@ def measure_training(preset, dtype, size, batch, steps, quick, augment=False):
 def worker(args):
     import jax
 
-    # Benchmark-only: options of the XLA deformable convolution, e.g. "keep,rows"
-    # (see benchmarks/profile_dcn.py), to measure one in a whole step before adopting it.
-    options = os.environ.get("BENCH_DCN_XLA_OPTIONS")
-    if options is not None:
-        common.set_dcn_xla_options([o for o in options.split(",") if o])
+    # Benchmark-only: options of the XLA deformable convolution (profile_dcn.py's).
+    common.dcn_xla_options_from_environment()
 
     # Benchmark-only: "fused" leaves the kernel gradients' layout change to XLA
     # (fused into the optimizer's update), as before `ops.kernel_gradients`.

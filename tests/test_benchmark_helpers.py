@@ -161,6 +161,27 @@ def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
 
 
 @jax_only
+def test_dcn_options_from_the_environment(monkeypatch):
+    # training_step.py and architectures.py workers read BENCH_DCN_XLA_OPTIONS.
+    from keras_centernet.ops import deform_conv_xla as xla
+
+    common = _benchmark("common")
+    defaults = (xla.KERNEL_FIRST, xla.GATHER_FORM)
+    try:
+        monkeypatch.setenv("BENCH_DCN_XLA_OPTIONS", "columnsfirst,rows")
+        common.dcn_xla_options_from_environment()
+        assert (xla.KERNEL_FIRST, xla.GATHER_FORM) == (False, "rows")
+        monkeypatch.setenv("BENCH_DCN_XLA_OPTIONS", "")
+        common.dcn_xla_options_from_environment()
+        assert (xla.KERNEL_FIRST, xla.GATHER_FORM) == defaults
+        monkeypatch.delenv("BENCH_DCN_XLA_OPTIONS")
+        common.dcn_xla_options_from_environment()  # unset: nothing changes
+        assert (xla.KERNEL_FIRST, xla.GATHER_FORM) == defaults
+    finally:
+        xla.KERNEL_FIRST, xla.GATHER_FORM = defaults
+
+
+@jax_only
 def test_deform_conv_benchmark_sets_xla_options_while_tracing_and_restores_them(monkeypatch):
     # `deform_conv.py --implementations xla,xla:kernelfirst`: the option must
     # hold while the function and its gradient are traced (else the row times

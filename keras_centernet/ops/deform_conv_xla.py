@@ -25,7 +25,15 @@ written by hand (`jax.custom_vjp`):
 * the input gradient is one float32 scatter-add of (2, 2, Cin) windows; on a
   GPU the samples are first sorted by destination, so that XLA sums the runs
   of equal destinations in registers before its atomic adds (`_scatter_form`:
-  a DLA-34 layer's forward+backward 7-24% shorter on an H100 in bf16).
+  a DLA-34 layer's forward+backward 7-24% shorter on an H100 in bf16);
+* where the input projected by every kernel point, `z = x @ W_k` (Cout
+  channels a pixel and kernel point), is smaller than the columns (Cin), the
+  layer is computed projected first (`KERNEL_FIRST`): `z`'s windows are
+  sampled instead of the input's, the same function with float32 sums in
+  another order. A forward pass alone takes it wherever `z` is smaller (on an
+  H100, up to 2x faster on DLA-34's and ResNet-18-DCN's Cin = 2-4 Cout
+  layers), a differentiated one only where `z` is at most a third of the
+  columns, since its scatter-add is slower.
 
 Selected by `deform_conv2d(..., implementation="xla")`, and by `"auto"` under
 the JAX backend (`deform_conv.py`).
@@ -92,9 +100,13 @@ BACKWARD = "xla"
 # sum of `z`'s windows, and the backward the channel sums with `z`'s windows,
 # a scatter-add of the output gradient into `dz` and two dense matmuls. Every
 # per-sample tensor then has Cout channels instead of Cin, and no column tensor
-# is written. True or False, or None: where `_kernel_first` finds the
-# projection smaller than the columns.
-KERNEL_FIRST = False
+# is written; but the scatter's destinations are K times as many, so XLA:GPU
+# sums fewer runs in registers before its atomic adds (on an H100 the
+# scatter took 2x as long at 64x64 128->64 bf16). True or False (both passes),
+# or None: `_kernel_first` decides, separately for a forward pass alone
+# (inference) and for one that is differentiated (benchmarks/results/
+# profile_dcn.md section 11).
+KERNEL_FIRST = None
 
 Geometry = collections.namedtuple(
     "Geometry",
@@ -469,16 +481,23 @@ _POINT_WINDOW_SCATTER = lax.ScatterDimensionNumbers(
 )
 
 
-def _kernel_first(geom, cin, cout):
-    """Whether to project first: `KERNEL_FIRST`, else where `z` has fewer values than the columns.
+def _kernel_first(geom, cin, cout, differentiated):
+    """Whether to project first: `KERNEL_FIRST`, else by how `z`'s size compares with the columns'.
 
     The columns hold `M * K * Cin` values (M output pixels), `z` holds
-    `(B * (H + 2) * (W + 2)) * K * Cout`.
+    `(B * (H + 2) * (W + 2)) * K * Cout`. On an H100 (batch 32, 512 px
+    shapes of DLA-34 and ResNet-18-DCN, float32 and bf16) the forward alone
+    was faster projected first wherever `z` is smaller (128->64 at 64x64:
+    0.64 -> 0.33 ms in bf16; the Cin = Cout layers, whose padded `z` is
+    larger, were slower in float32), the forward+backward only where `z` is
+    at most a third of the columns (256->64 at 32x32: 0.96 -> 0.78 ms in
+    bf16, 1.52 -> 0.89 in float32; 128->64 at 64x64: 1.88 -> 2.13 in bf16).
     """
     if KERNEL_FIRST is not None:
         return bool(KERNEL_FIRST)
-    padded_pixels = geom.batch * (geom.height + 2) * (geom.width + 2)
-    return padded_pixels * cout < geom.m_pad * cin
+    z_size = geom.batch * (geom.height + 2) * (geom.width + 2) * cout
+    columns_size = geom.m_pad * cin
+    return 3 * z_size <= columns_size if differentiated else z_size < columns_size
 
 
 def _point_matrix(kernel_matrix, num_points):
@@ -599,13 +618,17 @@ def _kernel_first_backward(x_rows, offsets, mask, kernel_matrix, g, geom, z=None
     return d_x, d_offsets, d_mask, d_kernel
 
 
+# `kernel_first` is a pair: projected first in a forward pass alone (the
+# primal, which JAX runs when nothing differentiates it), and in a
+# differentiated one (the fwd and bwd rules). Both compute the same function.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _deform_matmul(x_rows, offsets, mask, kernel_matrix, geom, keep_columns, kernel_first):
-    return _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns, kernel_first)[0]
+    return _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns, kernel_first[0])[0]
 
 
 def _deform_matmul_fwd(x_rows, offsets, mask, kernel_matrix, geom, keep_columns, kernel_first):
-    out, columns = _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns, kernel_first)
+    out, columns = _forward(x_rows, offsets, mask, kernel_matrix, geom, keep_columns,
+                            kernel_first[1])
     kept = columns if keep_columns else None
     return out, (x_rows, offsets, mask, kernel_matrix, kept)
 
@@ -662,7 +685,7 @@ def column_work(x_rows, top_left, starts, corners, kernel_matrix, g, columns=Non
 def _deform_matmul_bwd(geom, keep_columns, kernel_first, residuals, g):
     x_rows, offsets, mask, kernel_matrix, columns = residuals
     g = g.astype(kernel_matrix.dtype)
-    if kernel_first:
+    if kernel_first[1]:
         d_x, d_offsets, d_mask, d_kernel = _kernel_first_backward(
             x_rows, offsets, mask, kernel_matrix, g, geom, columns)
         return (d_x.astype(x_rows.dtype), d_offsets.reshape(offsets.shape), d_mask,
@@ -715,8 +738,10 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
         keep_columns: bool. Keep the forward pass's sampled columns
             (`B * Ho * Wo * kh * kw * Cin` values in the dtype of `kernel`) for
             the kernel gradient instead of sampling them again in the
-            backward pass: one sampling less, the columns' memory more.
-            Defaults to the module's `KEEP_COLUMNS` (False).
+            backward pass: one sampling less, the columns' memory more
+            (projected first, `KERNEL_FIRST`, the projection `z` is kept
+            instead of computed again). Defaults to the module's
+            `KEEP_COLUMNS` (False).
 
     Returns:
         Array (B, Ho, Wo, Cout) in the dtype of `kernel`.
@@ -755,7 +780,7 @@ def deform_conv2d(x, offsets, mask, kernel, bias=None, strides=1, padding=1,
         kernel.reshape(kh * kw * cin, cout),
         geom,
         bool(KEEP_COLUMNS if keep_columns is None else keep_columns),
-        _kernel_first(geom, cin, cout),
+        (_kernel_first(geom, cin, cout, False), _kernel_first(geom, cin, cout, True)),
     )
     if bias is not None:
         y = y + jnp.asarray(bias).astype(y.dtype)

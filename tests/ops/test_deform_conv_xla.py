@@ -41,9 +41,8 @@ def xla():
      (False, "rows", "rows", True, False, False), (False, "rows", "sorted", True, False, False),
      (False, "rows", "sortedrows", True, False, False), (False, "window", "sorted", False, False, False),
      (False, "window", "sorted", True, True, False),
-     (False, "rows", "window", True, False, True), (True, "window", "window", True, False, True),
-     (False, "rows", "rows", True, False, True), (False, "window", "sorted", True, False, True),
-     (True, "window", "sortedrows", False, False, True)],
+     (False, "rows", "window", True, False, True), (True, "window", "sorted", True, False, True),
+     (False, "rows", "sortedrows", False, False, True)],
 )
 @pytest.mark.parametrize("case", ["A", "B", "C", "D"])
 def test_forward_and_gradients_match_official(
@@ -351,6 +350,53 @@ def test_kernel_first_option_picks_the_projected_passes(rng, xla, monkeypatch, k
         assert sorted(set(calls)) == ["_kernel_first_backward", "_kernel_first_forward"]
     else:
         assert set(calls) == {"_columns"}
+
+
+@pytest.mark.parametrize(
+    "size, cin, cout, forward_alone, differentiated",
+    # DLA-34's and ResNet-18-DCN's shapes at 512 px: a forward alone projects
+    # first wherever z (padded input pixels x K x Cout) is smaller than the
+    # columns (output pixels x K x Cin), a differentiated one where z is at
+    # most a third of them (H100 measurements, profile_dcn.md section 11).
+    [(128, 64, 64, False, False), (64, 128, 128, False, False), (64, 128, 64, True, False),
+     (32, 256, 128, True, False), (32, 256, 64, True, True), (16, 512, 256, True, False)],
+)
+def test_kernel_first_by_size_of_z_against_the_columns(xla, monkeypatch, size, cin, cout,
+                                                       forward_alone, differentiated):
+    geom = xla.Geometry(32, size, size, size, size, 3, 3, (1, 1), (1, 1), (1, 1), 32 * size * size)
+    monkeypatch.setattr(xla, "KERNEL_FIRST", None)
+    assert xla._kernel_first(geom, cin, cout, False) == forward_alone
+    assert xla._kernel_first(geom, cin, cout, True) == differentiated
+    for forced in (False, True):
+        monkeypatch.setattr(xla, "KERNEL_FIRST", forced)
+        assert xla._kernel_first(geom, cin, cout, False) == forced
+        assert xla._kernel_first(geom, cin, cout, True) == forced
+
+
+def test_forward_alone_projects_first_where_a_gradient_does_not(rng, xla, monkeypatch):
+    # 6x6, 8 -> 4 channels: z (2 * 8 * 8 * 4 values a kernel point) is smaller
+    # than the columns (2 * 6 * 6 * 8) but more than a third of them. The
+    # forward alone (inference) runs projected first, a gradient in the column
+    # form; both give the reference's values.
+    import jax
+    import jax.numpy as jnp
+
+    monkeypatch.setattr(xla, "KERNEL_FIRST", None)
+    calls = []
+    for name in ("_columns", "_kernel_first_forward", "_kernel_first_backward"):
+        original = getattr(xla, name)
+        monkeypatch.setattr(xla, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    x, offsets, mask, kernel, _ = _random_inputs(rng, 2, 6, 6, 8, 4, 6, 6, scale=2.5)
+    expected = np.asarray(xla_reference(x, offsets, mask, kernel))
+    alone = jax.jit(xla.deform_conv2d)(x, offsets, mask, kernel)
+    assert calls == ["_kernel_first_forward"]
+    calls.clear()
+    value, _ = jax.value_and_grad(
+        lambda x: jnp.sum(xla.deform_conv2d(x, offsets, mask, kernel) ** 2))(x)
+    assert set(calls) == {"_columns"}
+    assert_close_to_reference(np.asarray(alone), expected, "forward alone")
+    np.testing.assert_allclose(float(value), float(np.sum(expected.astype("float64") ** 2)),
+                               rtol=1e-5)
 
 
 def _barrier_shapes(xla, rng, wrt):
