@@ -105,7 +105,8 @@ BACKWARD = "xla"
 # scatter took 2x as long at 64x64 128->64 bf16). True or False (both passes),
 # or None: `_kernel_first` decides, separately for a forward pass alone
 # (inference) and for one that is differentiated (benchmarks/results/
-# profile_dcn.md section 11).
+# profile_dcn.md section 11). Where a pass is projected first, it takes no
+# Pallas kernel (`FORWARD`, `BACKWARD`).
 KERNEL_FIRST = None
 
 Geometry = collections.namedtuple(
