@@ -42,8 +42,8 @@
 # probe existed), then by hand on a fresh H100 `--cases copies gather --blocks 16 32 64 128 256`
 # (results/probe_mosaic_dcn.md; profile_dcn.md section 10: the Mosaic GPU route is closed on
 # Hopper). 16 ran on 2026-12-08 (one H100, at d4e8ec1; results/profile_dcn_kernel_first.md,
-# deform_conv_kernel_first.md, profile_dcn.md section 11). Pending: 17 (no machine came in five
-# tries that session), the whole-model inference effect of the projected forward.
+# deform_conv_kernel_first.md, profile_dcn.md section 11). Pending: 17 (no machine came in the
+# rest of that session), the whole-model inference effect of the projected forward.
 #
 # Results go to $OUT (at most 8 files a call come back). Phase 2's json joins
 # the earlier table here with `python benchmarks/training_step.py --render-only

@@ -33,8 +33,8 @@ corner weights written before the gathers, `TERMS_BARRIER`) and `packed`
 (bfloat16 channel pairs gathered as one uint32, `PACKED_GATHER`),
 `kernelfirst` / `columnsfirst` / `kernelfirstauto` (the input projected by
 every kernel point first, `z = x @ W_k`, and `z`'s windows sampled instead of
-the input's, or not, or where `_kernel_first` finds `z` smaller:
-`KERNEL_FIRST = True / False / None`);
+the input's, in both passes; or in neither; or as `_kernel_first` picks per
+pass, the default: `KERNEL_FIRST = True / False / None`);
 options join with `:` (`xla:keep:lowscatter`).
 `conv` is the plain 3x3 convolution of the same shape.
 """
