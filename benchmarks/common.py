@@ -73,10 +73,8 @@ def median_ms(fn, sync, warmup=3, repeats=20, min_seconds=0.5, max_repeats=200):
     return statistics.median(times)
 
 
-# The Pallas kernels' default tiles and the XLA version's default
-# `KERNEL_FIRST`, kept while a benchmark sets others.
+# The Pallas kernels' default tiles, kept while a benchmark sets others.
 _PALLAS_CONFIG = None
-_KERNEL_FIRST = "unset"
 
 
 def set_dcn_xla_options(options):
@@ -90,19 +88,17 @@ def set_dcn_xla_options(options):
     "pallasbwd" (`BACKWARD = "pallas"`),
     "padfused" (`PAD_BARRIER = False`), "termsbarrier" (`TERMS_BARRIER = True`),
     "packed" (`PACKED_GATHER = True`), "kernelfirst" / "columnsfirst" /
-    "kernelfirstauto" (`KERNEL_FIRST = True` / `False` / `None`; else the
-    module's default), and "cfg.FIELD=N" (field `FIELD` of
+    "kernelfirstauto" (`KERNEL_FIRST = True` / `False` / `None`, the
+    default), and "cfg.FIELD=N" (field `FIELD` of
     the Pallas kernels' `deform_conv_jax.DEFAULT_CONFIG` set to the integer
     `N`, e.g. "cfg.bwd_block_m=128"); an empty list restores the defaults.
     """
     from keras_centernet.ops import deform_conv_jax
     from keras_centernet.ops import deform_conv_xla
 
-    global _PALLAS_CONFIG, _KERNEL_FIRST
+    global _PALLAS_CONFIG
     if _PALLAS_CONFIG is None:
         _PALLAS_CONFIG = deform_conv_jax.DEFAULT_CONFIG
-    if _KERNEL_FIRST == "unset":
-        _KERNEL_FIRST = deform_conv_xla.KERNEL_FIRST
     fields = {}
     for option in options:
         if option.startswith("cfg."):
@@ -128,7 +124,7 @@ def set_dcn_xla_options(options):
     projection = [projections[o] for o in options if o in projections]
     if len(projection) > 1:
         raise ValueError(f"more than one of {sorted(projections)} in {options}")
-    deform_conv_xla.KERNEL_FIRST = projection[0] if projection else _KERNEL_FIRST
+    deform_conv_xla.KERNEL_FIRST = projection[0] if projection else None
     deform_conv_xla.KEEP_COLUMNS = "keep" in options
     forms = [o for o in options if o in ("rows", "window")]
     deform_conv_xla.GATHER_FORM = forms[0] if forms else None

@@ -95,6 +95,22 @@ def weighted_square(y, loss_weights):
     return 0.5 * jnp.sum(loss_weights * y * y)
 
 
+def dcn_with_options(implementation):
+    """`dcn(x, offsets, mask, kernel, bias)` of an implementation name, "xla:option:..." included.
+
+    The options (`common.set_dcn_xla_options`) are set when `dcn` is traced, so
+    that they hold for the gradient traced with it; the caller restores the
+    defaults (`common.set_dcn_xla_options([])`) once the function is compiled.
+    """
+    name, *options = implementation.split(":")
+
+    def dcn(x, offsets, mask, kernel, bias):
+        common.set_dcn_xla_options(options)
+        return deform_conv2d(x, offsets, mask, kernel, bias, implementation=name)
+
+    return dcn
+
+
 def jax_cases(inputs, implementations=("reference",), dtype="float32", loss_weights=None):
     """Compiled timings and peak memory of DCN (each implementation) and a conv.
 
@@ -114,13 +130,7 @@ def jax_cases(inputs, implementations=("reference",), dtype="float32", loss_weig
     loss_weights = jnp.asarray(loss_weights)
 
     def make_dcn(implementation):
-        # "xla:option:...": the XLA version with `common.set_dcn_xla_options`,
-        # set while the function (and its gradient) is traced, below.
-        name, *options = implementation.split(":")
-
-        def dcn(x, offsets, mask, kernel, bias):
-            common.set_dcn_xla_options(options)
-            return deform_conv2d(x, offsets, mask, kernel, bias, implementation=name)
+        dcn = dcn_with_options(implementation)  # options reset after compiling, below
 
         def dcn_loss(x, offsets, mask, kernel, bias, loss_weights):
             return weighted_square(dcn(x, offsets, mask, kernel, bias), loss_weights)
@@ -235,11 +245,8 @@ def parity(inputs, implementation="fused"):
     with jax.default_matmul_precision("highest"):
         values = {}
         for impl in ("reference", implementation):
-            name, *options = impl.split(":")  # "xla:option": as `jax_cases`
-
-            def loss(x, offsets, mask, kernel, bias, name=name, options=options):
-                common.set_dcn_xla_options(options)
-                y = deform_conv2d(x, offsets, mask, kernel, bias, implementation=name)
+            def loss(x, offsets, mask, kernel, bias, dcn=dcn_with_options(impl)):
+                y = dcn(x, offsets, mask, kernel, bias)
                 # A fixed non-uniform cotangent: every output element counts differently.
                 weights = jnp.cos(jnp.arange(y.size, dtype="float32")).reshape(y.shape)
                 return jnp.sum(y * weights), y

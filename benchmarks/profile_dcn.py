@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
+from deform_conv import dcn_with_options  # noqa: E402
 from deform_conv import make_loss_weights  # noqa: E402
 from deform_conv import make_inputs  # noqa: E402
 from deform_conv import weighted_square  # noqa: E402
@@ -88,8 +89,6 @@ def make_loss(variant):
     """
     from keras import ops
 
-    from keras_centernet.ops import deform_conv2d
-
     name, *options = variant.split(":")
     if name == "conv":
         def loss(x, offsets, mask, kernel, bias, loss_weights):
@@ -99,11 +98,10 @@ def make_loss(variant):
     if options and name != "xla":
         raise ValueError(f"unknown variant {variant!r}")
 
+    dcn = dcn_with_options(variant)  # options reset once compiled (`measure`)
+
     def loss(x, offsets, mask, kernel, bias, loss_weights):
-        # The options are read while the gradient is traced (`measure`).
-        common.set_dcn_xla_options(options)
-        return weighted_square(
-            deform_conv2d(x, offsets, mask, kernel, bias, implementation=name), loss_weights)
+        return weighted_square(dcn(x, offsets, mask, kernel, bias), loss_weights)
     return loss, (0, 1, 2, 3, 4)
 
 

@@ -146,6 +146,10 @@ def test_dcn_options_set_the_module_and_an_empty_list_restores_it():
             common.set_dcn_xla_options(["nosuch"])
         with pytest.raises(ValueError, match="more than one of"):
             common.set_dcn_xla_options(["kernelfirst", "columnsfirst"])
+        # "kernelfirstauto" is the default (None): it must undo a forced form too.
+        xla.KERNEL_FIRST = True
+        common.set_dcn_xla_options(["kernelfirstauto"])
+        assert xla.KERNEL_FIRST is None
         common.set_dcn_xla_options(["pallasbwd", "cfg.bwd_block_m=128", "cfg.bwd_warps=8"])
         assert jax_kernels.DEFAULT_CONFIG == config._replace(bwd_block_m=128, bwd_warps=8)
         assert xla.BACKWARD == "pallas"

@@ -412,14 +412,26 @@ def _neighbours(x_rows, top_left, starts):
     ]
 
 
-def _columns(x_rows, top_left, starts, corners, compute_dtype):
-    """The (M, K * C) sampled columns, mixed in float32, in `compute_dtype`."""
-    columns = None
+def _mixed(neighbours, corners):
+    """The four neighbours (each (M, K, C)) weighted by their corners (each (M, K)), summed in float32."""
+    mixed = None
     # The reference's order of float32 sums (top-left first), so that the
     # columns are the same numbers.
-    for value, corner in zip(_neighbours(x_rows, top_left, starts), corners):
+    for value, corner in zip(neighbours, corners):
         term = value.astype(jnp.float32) * corner[..., None]
-        columns = term if columns is None else columns + term
+        mixed = term if mixed is None else mixed + term
+    return mixed
+
+
+def _neighbour_sums(factor, neighbours):
+    """(M, K, 4): the channel sums of float32 `factor` times each neighbour (for `offset_and_mask_grads`)."""
+    return jnp.stack(
+        [jnp.sum(factor * value.astype(jnp.float32), axis=-1) for value in neighbours], axis=-1)
+
+
+def _columns(x_rows, top_left, starts, corners, compute_dtype):
+    """The (M, K * C) sampled columns, mixed in float32, in `compute_dtype`."""
+    columns = _mixed(_neighbours(x_rows, top_left, starts), corners)
     return columns.astype(compute_dtype).reshape(columns.shape[0], -1)
 
 
@@ -545,10 +557,7 @@ def _kernel_first_forward(x_rows, offsets, mask, kernel_matrix, geom):
     """The (M, Cout) output as the corner-weighted sum of `z`'s windows, and `z`."""
     top_left, _, corners, _ = _sampling(offsets, mask, geom)
     z = _projected(x_rows, kernel_matrix, geom.kh * geom.kw)
-    mixed = None
-    for value, corner in zip(_projected_neighbours(z, top_left), corners):
-        term = value.astype(jnp.float32) * corner[..., None]
-        mixed = term if mixed is None else mixed + term
+    mixed = _mixed(_projected_neighbours(z, top_left), corners)
     return jnp.sum(mixed, axis=1).astype(kernel_matrix.dtype), z
 
 
@@ -561,9 +570,9 @@ def _scatter_projected(z_shape, top_left, g, grid, dtype=jnp.float32):
     """
     rows, cols, num_points, cout = z_shape
     form = _scatter_form(cout)
+    points = jnp.arange(num_points, dtype=jnp.int32)
     if form in ("rows", "sortedrows"):
         # Flat rows of z viewed as (B * (H + 2) * (W + 2) * K, Cout).
-        points = jnp.arange(num_points, dtype=jnp.int32)
         shifts = jnp.array([0, 1, cols, cols + 1], jnp.int32)
         dest = (top_left[..., None] + shifts) * num_points + points[:, None]  # (M, K, 4)
         sample = jnp.broadcast_to(jnp.arange(g.shape[0], dtype=jnp.int32)[:, None, None], dest.shape)
@@ -577,7 +586,6 @@ def _scatter_projected(z_shape, top_left, g, grid, dtype=jnp.float32):
             mode="promise_in_bounds",
         )
         return flat.reshape(z_shape)
-    points = jnp.arange(num_points, dtype=jnp.int32)
     if form == "sorted":
         # Sample s = m * K + k, sorted by its destination (top-left, k).
         keys, order = _sorted((top_left * num_points + points).reshape(-1))
@@ -601,11 +609,7 @@ def _kernel_first_backward(x_rows, offsets, mask, kernel_matrix, g, geom, z=None
     if z is None:
         z = _projected(x_rows, kernel_matrix, num_points)
     g32 = g.astype(jnp.float32)
-    sums = jnp.stack(
-        [jnp.sum(g32[:, None, :] * value.astype(jnp.float32), axis=-1)
-         for value in _projected_neighbours(z, top_left)],
-        axis=-1,
-    )
+    sums = _neighbour_sums(g32[:, None, :], _projected_neighbours(z, top_left))
     d_offsets, d_mask = offset_and_mask_grads(sums, *terms)
     d_z = _scatter_projected(
         z.shape, top_left, g32, corner_grid(corners),
@@ -675,22 +679,12 @@ def column_work(x_rows, top_left, starts, corners, kernel_matrix, g, columns=Non
     d_kernel = jnp.matmul(columns.T, g)
     d_columns = jnp.matmul(g, kernel_matrix.T).reshape(*top_left.shape, x_rows.shape[-1])
     d_columns = d_columns.astype(jnp.float32)
-    sums = jnp.stack(
-        [jnp.sum(d_columns * value.astype(jnp.float32), axis=-1)
-         for value in _neighbours(x_rows, top_left, starts)],
-        axis=-1,
-    )
+    sums = _neighbour_sums(d_columns, _neighbours(x_rows, top_left, starts))
     return d_columns, sums, d_kernel
 
 
-def _deform_matmul_bwd(geom, keep_columns, kernel_first, residuals, g):
-    x_rows, offsets, mask, kernel_matrix, columns = residuals
-    g = g.astype(kernel_matrix.dtype)
-    if kernel_first[1]:
-        d_x, d_offsets, d_mask, d_kernel = _kernel_first_backward(
-            x_rows, offsets, mask, kernel_matrix, g, geom, columns)
-        return (d_x.astype(x_rows.dtype), d_offsets.reshape(offsets.shape), d_mask,
-                d_kernel.astype(kernel_matrix.dtype))
+def _column_backward(x_rows, offsets, mask, kernel_matrix, g, geom, columns, keep_columns):
+    """`(d_x_rows, d_offsets, d_mask, d_kernel)` of the column form (columns sampled again unless kept)."""
     top_left, starts, corners, terms = _sampling(offsets, mask, geom)
     fused = _pallas_backward(x_rows, offsets, mask, kernel_matrix, g, geom, keep_columns)
     if fused is not None:
@@ -703,6 +697,18 @@ def _deform_matmul_bwd(geom, keep_columns, kernel_first, residuals, g):
         x_rows.shape, top_left, d_columns, corner_grid(corners),
         jnp.float32 if SCATTER_DTYPE is None else x_rows.dtype,
     )
+    return d_x, d_offsets, d_mask, d_kernel
+
+
+def _deform_matmul_bwd(geom, keep_columns, kernel_first, residuals, g):
+    x_rows, offsets, mask, kernel_matrix, kept = residuals
+    g = g.astype(kernel_matrix.dtype)
+    if kernel_first[1]:
+        grads = _kernel_first_backward(x_rows, offsets, mask, kernel_matrix, g, geom, kept)
+    else:
+        grads = _column_backward(x_rows, offsets, mask, kernel_matrix, g, geom, kept,
+                                 keep_columns)
+    d_x, d_offsets, d_mask, d_kernel = grads
     return (
         d_x.astype(x_rows.dtype),
         d_offsets.reshape(offsets.shape),
